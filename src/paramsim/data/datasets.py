@@ -1,0 +1,221 @@
+"""Image classification datasets held in memory as float tensors in [0, 1].
+
+Nothing is downloaded: the default (`digits`) ships inside scikit-learn, and IDX or CIFAR
+files come from a directory the user gives.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from paramsim.errors import ParamsimError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test images (N, C, H, W) in [0, 1] with integer labels."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+
+def load_digits(test_fraction: float = 0.3, split_seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits with a fixed stratified train/test split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=split_seed
+    )
+    return Dataset(
+        "digits",
+        torch.from_numpy(x_tr),
+        torch.from_numpy(y_tr),
+        torch.from_numpy(x_te),
+        torch.from_numpy(y_te),
+        10,
+    )
+
+
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (gzipped or not) into an array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise ParamsimError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ParamsimError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ParamsimError(f"{path} is truncated (header incomplete)")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ParamsimError(
+            f"{path} is truncated or padded: expected {expected} data bytes for shape "
+            f"{shape}, found {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    # torchvision-style names use dots: train-images.idx3-ubyte
+    dotted = stem.replace("-idx", ".idx")
+    for candidate in (directory / dotted, directory / f"{dotted}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_idx(directory: str | Path, name: str | None = None) -> Dataset:
+    """An MNIST-format dataset: the four standard IDX files in one directory."""
+    directory = Path(directory)
+    expected = ", ".join(IDX_FILES.values())
+    if not directory.is_dir():
+        raise ParamsimError(f"data directory {directory} does not exist; it must hold {expected}")
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        path = _find(directory, stem)
+        if path is None:
+            raise ParamsimError(
+                f"{directory} lacks {stem}[.gz]; an IDX data directory must hold {expected}"
+            )
+        arrays[key] = read_idx(path)
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y):
+            raise ParamsimError(
+                f"{directory}: {split} images {x.shape} and labels {y.shape} do not match; "
+                "expected images (N, H, W) and labels (N,)"
+            )
+    x_tr, x_te = (_to_unit(arrays[k]) for k in ("x_train", "x_test"))
+    y_tr = torch.from_numpy(arrays["y_train"].astype(np.int64))
+    y_te = torch.from_numpy(arrays["y_test"].astype(np.int64))
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    return Dataset(name or directory.name, x_tr, y_tr, x_te, y_te, n_classes)
+
+
+def _to_unit(images: np.ndarray) -> torch.Tensor:
+    x = images.astype(np.float32)
+    if images.dtype == np.uint8:
+        x /= 255.0
+    if x.ndim == 3:
+        x = x[:, None]
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def load_cifar(directory: str | Path, n_classes: int = 100) -> Dataset:
+    """CIFAR-10 or CIFAR-100 in the standard python pickle layout.
+
+    The pickles hold only dicts of numpy arrays and lists, so a restricted unpickler that
+    refuses every class except numpy's array reconstruction is enough; nothing else runs.
+    """
+    directory = Path(directory)
+    if n_classes == 100:
+        files = {"train": ["train"], "test": ["test"]}
+        label_key = b"fine_labels"
+    elif n_classes == 10:
+        files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+        label_key = b"labels"
+    else:
+        raise ParamsimError(f"CIFAR has 10 or 100 classes, not {n_classes}")
+    expected = ", ".join(files["train"] + files["test"])
+    out = {}
+    for split, names in files.items():
+        xs, ys = [], []
+        for fname in names:
+            path = directory / fname
+            if not path.is_file():
+                raise ParamsimError(
+                    f"{directory} lacks {fname}; a CIFAR-{n_classes} directory must hold "
+                    f"{expected} (the python pickle version)"
+                )
+            batch = _safe_unpickle(path)
+            if b"data" not in batch or label_key not in batch:
+                raise ParamsimError(
+                    f"{path} has no {label_key.decode()}/data entries; is it CIFAR-{n_classes}?"
+                )
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        out[split] = (np.concatenate(xs), np.concatenate(ys))
+    (x_tr, y_tr), (x_te, y_te) = out["train"], out["test"]
+    return Dataset(
+        f"cifar{n_classes}",
+        _to_unit(x_tr),
+        torch.from_numpy(y_tr),
+        _to_unit(x_te),
+        torch.from_numpy(y_te),
+        n_classes,
+    )
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _safe_unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _ArraysOnlyUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise ParamsimError(f"{path} is not a valid CIFAR pickle: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ParamsimError(f"{path} is not a valid CIFAR pickle: expected a dict")
+    return obj
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
+    """Resolve a dataset name as used by recipes and the CLI."""
+    if name == "digits":
+        return load_digits()
+    if data_dir is None:
+        raise ParamsimError(f"dataset {name!r} needs --data-dir pointing at its files")
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(data_dir, int(name[5:]))
+    if name == "idx":
+        return load_idx(data_dir)
+    raise ParamsimError(f"unknown dataset {name!r}; choose digits, idx, cifar10 or cifar100")

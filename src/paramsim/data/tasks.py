@@ -1,0 +1,116 @@
+"""Binary tasks over class groups; output unit k of a model stands for side k of its task."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from paramsim.data.datasets import Dataset
+from paramsim.errors import ParamsimError
+
+
+@dataclass(frozen=True)
+class Task:
+    """Classes on each side of a binary task: `sides[k]` are the classes of output unit k."""
+
+    sides: tuple[tuple[int, ...], tuple[int, ...]]
+
+    @property
+    def name(self) -> str:
+        return " vs ".join("+".join(str(c) for c in side) for side in self.sides)
+
+    @property
+    def classes(self) -> frozenset[int]:
+        return frozenset(self.sides[0]) | frozenset(self.sides[1])
+
+    def shared_classes(self, other: Task) -> int:
+        """Ground-truth relation: how many classes two tasks have in common."""
+        return len(self.classes & other.classes)
+
+    def subset(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples of this task's classes, relabelled by side."""
+        label = torch.full_like(y, -1)
+        for k, side in enumerate(self.sides):
+            for c in side:
+                label[y == c] = k
+        keep = label >= 0
+        return x[keep], label[keep]
+
+    def train_data(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.subset(ds.x_train, ds.y_train)
+
+    def test_data(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.subset(ds.x_test, ds.y_test)
+
+    @classmethod
+    def parse(cls, text: str) -> Task:
+        """'3-7' or '3v7' is a pair; '1+2v3' groups classes on one side."""
+        sep = "v" if "v" in text else "-"
+        parts = text.replace(" ", "").split(sep)
+        try:
+            sides = tuple(tuple(int(c) for c in p.split("+")) for p in parts)
+        except ValueError:
+            sides = ()
+        if len(sides) != 2 or not all(sides) or set(sides[0]) & set(sides[1]):
+            raise ParamsimError(
+                f"cannot read task {text!r}; write a pair as 3-7 or groups as 1+2v3"
+            )
+        return cls(sides)  # type: ignore[arg-type]
+
+
+def pair_tasks(n_classes: int, which: str | Iterable[str] = "all") -> list[Task]:
+    """Class-pair tasks: every pair, the disjoint pairs (2i, 2i+1), or a given list."""
+    if which == "all":
+        return [Task(((a,), (b,))) for a, b in itertools.combinations(range(n_classes), 2)]
+    if which == "disjoint":
+        return [Task(((2 * i,), (2 * i + 1,))) for i in range(n_classes // 2)]
+    if isinstance(which, str):
+        which = [w for w in which.split(",") if w]
+    tasks = [Task.parse(w) for w in which]
+    for t in tasks:
+        if max(t.classes) >= n_classes:
+            raise ParamsimError(f"task {t.name} uses a class >= {n_classes}, the dataset's count")
+    return tasks
+
+
+def group_tasks(n_classes: int, n_tasks: int, seed: int = 0) -> list[Task]:
+    """Binary tasks between small class groups ({a,b} vs {c}, {a,b} vs {c,d}, ...).
+
+    They give a metric many varied training tasks. Pure pairs are excluded so that a
+    held-out pair task never appears here.
+    """
+    rng = random.Random(seed)
+    shapes = [(2, 1), (1, 2), (2, 2), (3, 1), (1, 3), (3, 2), (2, 3)]
+    seen: set[tuple] = set()
+    tasks: list[Task] = []
+    attempts = 0
+    while len(tasks) < n_tasks:
+        attempts += 1
+        if attempts > 100 * n_tasks:
+            raise ParamsimError(
+                f"cannot draw {n_tasks} distinct group tasks from {n_classes} classes"
+            )
+        a, b = rng.choice(shapes)
+        if a + b > n_classes:
+            continue
+        drawn = rng.sample(range(n_classes), a + b)
+        sides = (tuple(sorted(drawn[:a])), tuple(sorted(drawn[a:])))
+        if sides in seen:
+            continue
+        seen.add(sides)
+        tasks.append(Task(sides))
+    return tasks
+
+
+def relation_matrix(tasks: Sequence[Task]) -> torch.Tensor:
+    """Number of shared classes for every pair of tasks."""
+    n = len(tasks)
+    out = torch.zeros(n, n, dtype=torch.int64)
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = tasks[i].shared_classes(tasks[j])
+    return out

@@ -1,0 +1,139 @@
+"""The canonical layered form every similarity method reads.
+
+A network is an ordered list of affine layers (linear or 3x3-style convolution, stride 1)
+with the parameter-free operations that follow each one. Batch-norm is already folded into
+the layer before it, and every layer has a bias (zeros when the checkpoint had none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Operations allowed between layers, applied in order after a layer's affine map.
+OPS = ("relu", "maxpool2", "gap", "flatten")
+
+
+@dataclass(frozen=True)
+class Layer:
+    kind: str  # "linear": weight (out, in); "conv": weight (out, in, k, k)
+    weight: torch.Tensor
+    bias: torch.Tensor
+    padding: int = 0
+    post: tuple[str, ...] = ()
+
+    @property
+    def units(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass(frozen=True)
+class Network:
+    """Layers from input to output; `input_ops` run on the input first (e.g. flatten)."""
+
+    layers: tuple[Layer, ...]
+    input_shape: tuple[int, int, int]
+    input_ops: tuple[str, ...] = ()
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layers[-1].units
+
+    @property
+    def kind(self) -> str:
+        return "cnn" if any(layer.kind == "conv" for layer in self.layers) else "mlp"
+
+    def signature(self) -> tuple:
+        """Everything but the values: networks with equal signatures can be stacked."""
+        return (
+            self.input_shape,
+            self.input_ops,
+            tuple(
+                (lay.kind, tuple(lay.weight.shape), lay.padding, lay.post) for lay in self.layers
+            ),
+        )
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        """Logits for inputs (N, C, H, W); with `return_hidden`, also each hidden layer's output."""
+        params = [(lay.weight, lay.bias) for lay in self.layers]
+        return apply_layers(self, params, x, return_hidden)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+
+def _op(name: str, h: torch.Tensor) -> torch.Tensor:
+    if name == "relu":
+        return torch.relu(h)
+    if name == "maxpool2":
+        return F.max_pool2d(h, 2)
+    if name == "gap":
+        return h.mean(dim=(-2, -1))
+    if name == "flatten":
+        return h.flatten(1)
+    raise ValueError(f"unknown op {name}")
+
+
+def apply_layers(
+    net: Network,
+    params: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    return_hidden: bool = False,
+):
+    """Run `net`'s structure with the given (weight, bias) pairs; differentiable in both."""
+    h = x
+    for name in net.input_ops:
+        h = _op(name, h)
+    hidden = []
+    for i, (lay, (w, b)) in enumerate(zip(net.layers, params, strict=True)):
+        if lay.kind == "linear":
+            h = F.linear(h, w, b)
+        else:
+            h = F.conv2d(h, w, b, padding=lay.padding)
+        for name in lay.post:
+            h = _op(name, h)
+        if i < len(net.layers) - 1:
+            hidden.append(h)
+    return (h, hidden) if return_hidden else h
+
+
+@dataclass(frozen=True)
+class NetworkStack:
+    """Networks of one signature with parameters stacked on a leading model dimension."""
+
+    template: Network
+    weights: tuple[torch.Tensor, ...]  # each (M, *layer weight shape)
+    biases: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def from_networks(cls, nets: Sequence[Network]) -> NetworkStack:
+        sig = nets[0].signature()
+        for n in nets[1:]:
+            if n.signature() != sig:
+                raise ValueError("cannot stack networks of different architectures")
+        depth = len(nets[0].layers)
+        weights = tuple(torch.stack([n.layers[i].weight for n in nets]) for i in range(depth))
+        biases = tuple(torch.stack([n.layers[i].bias for n in nets]) for i in range(depth))
+        return cls(nets[0], weights, biases)
+
+    def __len__(self) -> int:
+        return self.weights[0].shape[0]
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        """Every model on the same inputs x (N, C, H, W): logits (M, N, outputs)."""
+
+        def one(ws, bs):
+            return apply_layers(self.template, list(zip(ws, bs, strict=True)), x, return_hidden)
+
+        return torch.func.vmap(one)(self.weights, self.biases)
+
+
+def group_by_signature(nets: Sequence[Network]) -> list[list[int]]:
+    """Indices of networks grouped by architecture, in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, n in enumerate(nets):
+        groups.setdefault(n.signature(), []).append(i)
+    return list(groups.values())
