@@ -8,7 +8,7 @@ the layer before it, and every layer has a bias (zeros when the checkpoint had n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -137,3 +137,42 @@ def group_by_signature(nets: Sequence[Network]) -> list[list[int]]:
     for i, n in enumerate(nets):
         groups.setdefault(n.signature(), []).append(i)
     return list(groups.values())
+
+
+def hidden_units_view(weight: torch.Tensor, units: int) -> torch.Tensor:
+    """The next layer's weight as (out, units, rest) so hidden-unit permutations act on dim 1.
+
+    Works for every layer that can follow a hidden layer: linear after linear (rest 1), conv
+    after conv (rest k*k), linear after global pooling (rest 1) and linear after a flattened
+    feature map (rest H*W, since flatten is channel-major).
+    """
+    if weight.shape[1] % units:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} does not read {units} units")
+    return weight.reshape(weight.shape[0], units, -1)
+
+
+def permute_hidden(
+    net: Network,
+    generator: torch.Generator | int | None = None,
+    perms: Sequence[torch.Tensor] | None = None,
+) -> Network:
+    """The same function with every hidden layer's units (channels) randomly reordered.
+
+    Rows of W_l and b_l move by P_l and the matching input slices of W_{l+1} move with them,
+    so the outputs stay equal; this is the symmetry every invariant method must ignore.
+    `perms` (one index tensor per hidden layer) fixes the permutations instead of drawing them.
+    """
+    if isinstance(generator, int):
+        generator = torch.Generator().manual_seed(generator)
+    layers = list(net.layers)
+    n_hidden = len(layers) - 1
+    if perms is None:
+        perms = [torch.randperm(layers[i].units, generator=generator) for i in range(n_hidden)]
+    if len(perms) != n_hidden:
+        raise ValueError(f"need {n_hidden} permutations, got {len(perms)}")
+    for i, p in enumerate(perms):
+        lay, nxt = layers[i], layers[i + 1]
+        layers[i] = replace(lay, weight=lay.weight[p], bias=lay.bias[p])
+        view = hidden_units_view(nxt.weight, lay.units)[:, p]
+        layers[i + 1] = replace(nxt, weight=view.reshape(nxt.weight.shape))
+    return replace(net, layers=tuple(layers))
