@@ -1,0 +1,132 @@
+"""`paramsim zoo build | info | export`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from paramsim.cli.common import quiet_option, set_threads, threads_option
+from paramsim.errors import ParamsimError
+
+
+@click.group()
+def zoo() -> None:
+    """Build and inspect model sets (zoos of small trained networks)."""
+
+
+@zoo.command()
+@click.argument("recipe")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Zoo directory.")
+@click.option("--models-per-task", type=int, default=None, help="Override the recipe's count.")
+@click.option("--tasks", default=None, help="all | disjoint | groups:N | pairs like 0-1,2-3.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--data-dir", type=click.Path(), default=None, help="For IDX and CIFAR recipes.")
+@click.option("--shard-size", type=int, default=None, help="Models trained together.")
+@threads_option
+@quiet_option
+def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_size, threads, quiet):
+    """Train the models of RECIPE (a name or a .toml file) into OUT; reruns resume."""
+    from paramsim.zoo import Zoo, build_zoo, load_recipe
+
+    set_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsimError(f"--device {device} asked for, but CUDA is not available; use cpu")
+    if models_per_task is not None and models_per_task < 1:
+        raise ParamsimError("--models-per-task must be at least 1")
+    rec = load_recipe(recipe).with_overrides(
+        models_per_task=models_per_task, tasks=tasks, shard_size=shard_size
+    )
+    start = time.perf_counter()
+    build_zoo(rec, out, seed=seed, device=device, data_dir=data_dir, progress=not quiet)
+    s = Zoo(out).summary()
+    if not quiet:
+        acc = s["test_acc"]
+        click.echo(
+            f"{out}: {s['models']} models over {s['tasks']} tasks in "
+            f"{time.perf_counter() - start:.1f} s; test accuracy min {acc['min']:.3f}, "
+            f"median {acc['median']:.3f}; {s['retrained_models']} retrained"
+        )
+
+
+@zoo.command()
+@click.argument("directory", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verify", is_flag=True, help="Also check every shard's checksum.")
+def info(directory, as_json, verify):
+    """Summarise a zoo: tasks, models, architectures, accuracy spread."""
+    from paramsim.zoo import Zoo
+
+    z = Zoo(directory)
+    s = z.summary()
+    if verify:
+        s["damaged_shards"] = z.verify()
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    else:
+        click.echo(
+            f"zoo {s['path']}: recipe {s['recipe']}, dataset {s['dataset']}, seed {s['seed']}"
+        )
+        click.echo(f"  {s['models']} models over {s['tasks']} tasks (complete: {s['complete']})")
+        for label, n in s["architectures"].items():
+            click.echo(f"  {n} x {label}")
+        for split in ("train_acc", "test_acc"):
+            a = s[split]
+            if a:
+                click.echo(
+                    f"  {split}: min {a['min']:.3f}  p5 {a['p5']:.3f}  median {a['median']:.3f}"
+                    f"  mean {a['mean']:.3f}  max {a['max']:.3f}"
+                )
+        click.echo(f"  retrained with fresh draws: {s['retrained_models']}")
+    if verify and s["damaged_shards"]:
+        raise ParamsimError(f"damaged shards: {', '.join(s['damaged_shards'])}")
+
+
+@zoo.command()
+@click.argument("directory", type=click.Path())
+@click.argument("model_id", type=int)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".safetensors or .pt")
+def export(directory, model_id, out):
+    """Write one model as a plain PyTorch state_dict (and its spec as OUT.json)."""
+    from paramsim.zoo import Zoo
+
+    z = Zoo(directory)
+    rec = z.record(model_id)
+    sd = z.state_dict(model_id)
+    path = Path(out)
+    if path.suffix not in (".safetensors", ".pt", ".pth"):
+        raise ParamsimError(f"cannot tell the format of {out}; end it in .safetensors or .pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(sd, tmp, metadata={"arch": rec.arch.to_json(), "task": rec.task.name})
+        else:
+            torch.save(sd, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    spec = {
+        "arch": json.loads(rec.arch.to_json()),
+        "task": rec.task.name,
+        "output_classes": rec.task.sides,
+        "test_acc": rec.test_acc,
+    }
+    spec_path = path.with_name(path.name + ".json")
+    spec_path.write_text(json.dumps(spec, indent=2))
+    print(f"wrote {path} (task {rec.task.name}, {rec.arch.label}) and {spec_path}", file=sys.stderr)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(zoo)

@@ -1,0 +1,413 @@
+"""Train many small networks at once as stacked tensors.
+
+All models of one shard share an architecture family (MLP or CNN of one depth); narrower
+models are zero-padded to the widest and masked, which trains them exactly because padded
+units get zero gradients. MLP layers run as batched matmuls; convolutions run as one grouped
+convolution with a group per model. The loss is the sum over models of each model's mean
+loss, and the optimiser (Adam or SGD with momentum) is written out element-wise with a
+per-model learning rate, so every model follows the same trajectory it would alone
+(`train_one` is that reference, and the tests compare the two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paramsim.data import Dataset, Task
+from paramsim.zoo.arch import ArchSpec
+
+BN_MOMENTUM = 0.1
+BN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Everything that determines one trained model."""
+
+    model_id: int
+    task_id: int
+    task: Task
+    arch: ArchSpec
+    seed: int
+    lr: float
+    init_scale: float
+    data_fraction: float
+    steps: int
+    batch_size: int = 32
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def settings(self) -> dict:
+        keys = [
+            "seed",
+            "lr",
+            "init_scale",
+            "data_fraction",
+            "steps",
+            "batch_size",
+            "optimizer",
+            "momentum",
+            "weight_decay",
+        ]
+        return {k: getattr(self, k) for k in keys}
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One parametrised module of ArchSpec.build(): its state_dict prefix and role."""
+
+    kind: str  # "linear" | "conv" | "bn"
+    prefix: str
+
+
+def layout(arch: ArchSpec) -> list[Slot]:
+    slots = []
+    for name, mod in arch.build().named_children():
+        if isinstance(mod, nn.Linear):
+            slots.append(Slot("linear", name))
+        elif isinstance(mod, nn.Conv2d):
+            slots.append(Slot("conv", name))
+        elif isinstance(mod, nn.BatchNorm2d):
+            slots.append(Slot("bn", name))
+    return slots
+
+
+def init_state(plan: ModelPlan) -> dict[str, torch.Tensor]:
+    """Seeded initial weights: uniform(+-init_scale/sqrt(fan_in)), zero biases."""
+    gen = torch.Generator().manual_seed(plan.seed)
+    state = {}
+    for key, value in plan.arch.build().state_dict().items():
+        if key.endswith("weight") and value.dim() > 1:
+            fan_in = value[0].numel()
+            bound = plan.init_scale / fan_in**0.5
+            state[key] = (torch.rand(value.shape, generator=gen) * 2 - 1) * bound
+        else:
+            state[key] = value.clone()  # batch-norm keeps its defaults; biases start at zero
+            if key.endswith("bias"):
+                state[key].zero_()
+    return state
+
+
+def batch_indices(plan: ModelPlan, n_available: int) -> torch.Tensor:
+    """The model's own training subset and minibatch draws: (steps, batch) row indices."""
+    gen = torch.Generator().manual_seed(plan.seed + 1)
+    n_sub = max(plan.batch_size, int(round(plan.data_fraction * n_available)))
+    n_sub = min(n_sub, n_available)
+    subset = torch.randperm(n_available, generator=gen)[:n_sub]
+    draws = torch.randint(0, n_sub, (plan.steps, plan.batch_size), generator=gen)
+    return subset[draws]
+
+
+# ----------------------------------------------------------------------------- stacked model
+
+
+def padded_arch(archs: Sequence[ArchSpec]) -> ArchSpec:
+    """The widest member of an architecture family, used as the shared padded shape."""
+    first = archs[0]
+    for a in archs:
+        if (a.kind, len(a.hidden), a.input_shape, a.batchnorm, a.pool_after, a.n_outputs) != (
+            first.kind,
+            len(first.hidden),
+            first.input_shape,
+            first.batchnorm,
+            first.pool_after,
+            first.n_outputs,
+        ):
+            raise ValueError("models trained together must share kind, depth and input")
+    widest = tuple(max(a.hidden[i] for a in archs) for i in range(len(first.hidden)))
+    return replace(first, hidden=widest)
+
+
+def _pad(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    out = torch.zeros(shape, dtype=t.dtype)
+    out[tuple(slice(0, s) for s in t.shape)] = t
+    return out
+
+
+class StackedModels:
+    """Parameters of M models stacked on dim 0, in ArchSpec.build() state_dict order."""
+
+    def __init__(self, plans: Sequence[ModelPlan], device: torch.device | str = "cpu"):
+        self.plans = list(plans)
+        self.arch = padded_arch([p.arch for p in plans])
+        self.slots = layout(self.arch)
+        self.device = torch.device(device)
+        template = self.arch.build().state_dict()
+        states = [init_state(p) for p in plans]
+        self.params: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+        for key, value in template.items():
+            stacked = torch.stack([_pad(s[key], value.shape) for s in states]).to(self.device)
+            if "running" in key or "num_batches" in key:
+                self.buffers[key] = stacked
+            else:
+                self.params[key] = stacked.requires_grad_(True)
+                ones = [_pad(torch.ones_like(s[key]), value.shape) for s in states]
+                self.masks[key] = torch.stack(ones).to(self.device)
+        self.padded = any(not bool(m.all()) for m in self.masks.values())
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def forward(self, x: torch.Tensor, train: bool, active: torch.Tensor | None = None):
+        """Logits (M, B, n_outputs) for per-model inputs x (M, B, C, H, W)."""
+        m, b = x.shape[:2]
+        if self.arch.kind == "mlp":
+            h = x.reshape(m, b, -1)
+            linears = [s for s in self.slots if s.kind == "linear"]
+            for i, slot in enumerate(linears):
+                w, bias = self.params[f"{slot.prefix}.weight"], self.params[f"{slot.prefix}.bias"]
+                h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+                if i < len(linears) - 1:
+                    h = torch.relu(h)
+            return h
+        # CNN: channels of all models side by side, one group per model.
+        h = x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])
+        conv_index = 0
+        for slot in self.slots:
+            p = slot.prefix
+            if slot.kind == "conv":
+                w = self.params[f"{p}.weight"]
+                h = F.conv2d(
+                    h,
+                    w.reshape(-1, *w.shape[2:]),
+                    self.params[f"{p}.bias"].reshape(-1),
+                    padding=1,
+                    groups=m,
+                )
+                if not self.arch.batchnorm:
+                    h = self._after_conv(h, conv_index)
+                    conv_index += 1
+            elif slot.kind == "bn":
+                h = self._batchnorm(h, p, train, active)
+                h = self._after_conv(h, conv_index)
+                conv_index += 1
+            else:  # final linear after global average pooling
+                h = h.mean(dim=(2, 3)).reshape(b, m, -1).transpose(0, 1)
+                w, bias = self.params[f"{p}.weight"], self.params[f"{p}.bias"]
+                h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+        return h
+
+    def _after_conv(self, h: torch.Tensor, conv_index: int) -> torch.Tensor:
+        h = torch.relu(h)
+        if conv_index in self.arch.pool_after:
+            h = F.max_pool2d(h, 2)
+        return h
+
+    def _batchnorm(self, h, prefix: str, train: bool, active: torch.Tensor | None):
+        mean_key, var_key = f"{prefix}.running_mean", f"{prefix}.running_var"
+        weight = self.params[f"{prefix}.weight"].reshape(-1)
+        bias = self.params[f"{prefix}.bias"].reshape(-1)
+        if not train:
+            rm, rv = self.buffers[mean_key].reshape(-1), self.buffers[var_key].reshape(-1)
+            return F.batch_norm(h, rm, rv, weight, bias, False, 0.0, BN_EPS)
+        out = F.batch_norm(h, None, None, weight, bias, True, 0.0, BN_EPS)
+        with torch.no_grad():
+            n = h.numel() // h.shape[1]
+            mean = h.mean(dim=(0, 2, 3)).reshape(len(self), -1)
+            var = h.var(dim=(0, 2, 3), unbiased=True).reshape(len(self), -1) if n > 1 else None
+            mom = BN_MOMENTUM * (active if active is not None else torch.ones(len(self)))
+            mom = mom.to(h.dtype).unsqueeze(1)
+            self.buffers[mean_key].mul_(1 - mom).add_(mom * mean)
+            if var is not None:
+                self.buffers[var_key].mul_(1 - mom).add_(mom * var)
+            tracked = self.buffers[f"{prefix}.num_batches_tracked"]
+            tracked.add_((active if active is not None else torch.ones(len(self))).long())
+        return out
+
+    def state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        """Model `index` cropped back to its own widths, in the documented module's keys."""
+        own = self.plans[index].arch.build().state_dict()
+        out = {}
+        for key, value in own.items():
+            src = self.params.get(key, self.buffers.get(key))
+            crop = src[index].detach()[tuple(slice(0, s) for s in value.shape)]
+            out[key] = crop.to("cpu").clone().contiguous()
+        return out
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+
+class StackedOptimizer:
+    """Adam or SGD(momentum) over stacked tensors with a per-model learning rate.
+
+    Written out so the arithmetic matches torch.optim's single-model update exactly.
+    """
+
+    def __init__(self, models: StackedModels):
+        self.models = models
+        plans = models.plans
+        kinds = {p.optimizer for p in plans}
+        if len(kinds) != 1:
+            raise ValueError("one shard must use one optimiser")
+        self.kind = kinds.pop()
+        self.lr = torch.tensor([p.lr for p in plans], device=models.device)
+        self.momentum = plans[0].momentum
+        self.weight_decay = plans[0].weight_decay
+        self.state = {
+            k: [torch.zeros_like(v), torch.zeros_like(v)] for k, v in models.params.items()
+        }
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        self.t += 1
+        lr = self.lr * active
+        for key, p in self.models.params.items():
+            g = p.grad
+            if self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            step_lr = lr.view(shape)
+            m, v = self.state[key]
+            if self.kind == "adam":
+                b1, b2, eps = 0.9, 0.999, 1e-8
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+                denom = (v.sqrt() / bc2**0.5).add_(eps)
+                p.sub_(step_lr / bc1 * m / denom)
+            else:
+                if self.t == 1:
+                    m.copy_(g)
+                else:
+                    m.mul_(self.momentum).add_(g)
+                p.sub_(step_lr * m)
+            if self.models.padded:
+                p.mul_(self.models.masks[key])
+            p.grad = None
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TaskData:
+    """Training and test examples of every task in a shard, pooled for fast gathering."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    train_slices: dict[int, tuple[int, int]]
+    test_slices: dict[int, tuple[int, int]]
+
+    @classmethod
+    def build(cls, dataset: Dataset, tasks: dict[int, Task]) -> TaskData:
+        parts: dict[str, list] = {"xtr": [], "ytr": [], "xte": [], "yte": []}
+        train_slices, test_slices = {}, {}
+        ntr = nte = 0
+        for tid, task in sorted(tasks.items()):
+            xtr, ytr = task.train_data(dataset)
+            xte, yte = task.test_data(dataset)
+            parts["xtr"].append(xtr)
+            parts["ytr"].append(ytr)
+            parts["xte"].append(xte)
+            parts["yte"].append(yte)
+            train_slices[tid] = (ntr, ntr + len(ytr))
+            test_slices[tid] = (nte, nte + len(yte))
+            ntr += len(ytr)
+            nte += len(yte)
+        cat = torch.cat
+        return cls(
+            cat(parts["xtr"]),
+            cat(parts["ytr"]),
+            cat(parts["xte"]),
+            cat(parts["yte"]),
+            train_slices,
+            test_slices,
+        )
+
+
+def train_stacked(
+    plans: Sequence[ModelPlan],
+    data: TaskData,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int], None] | None = None,
+) -> StackedModels:
+    """Train the plans together; returns the trained stack."""
+    models = StackedModels(plans, device)
+    opt = StackedOptimizer(models)
+    steps = torch.tensor([p.steps for p in plans])
+    n_steps = int(steps.max())
+    batch = plans[0].batch_size
+    if any(p.batch_size != batch for p in plans):
+        raise ValueError("one shard must use one batch size")
+    # (M, steps, batch) global row indices; models that stop early repeat their last draw.
+    rows = torch.zeros(len(plans), n_steps, batch, dtype=torch.long)
+    for i, p in enumerate(plans):
+        start, stop = data.train_slices[p.task_id]
+        own = batch_indices(p, stop - start) + start
+        rows[i, : p.steps] = own
+        rows[i, p.steps :] = own[-1]
+    x_all = data.x_train.to(models.device)
+    y_all = data.y_train.to(models.device)
+    steps = steps.to(models.device)
+    for t in range(n_steps):
+        active = (steps > t).to(x_all.dtype)
+        idx = rows[:, t].to(models.device)
+        logits = models.forward(x_all[idx], train=True, active=active)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y_all[idx].reshape(-1), reduction="sum"
+        )
+        (loss / batch).backward()
+        opt.step(active)
+        if on_step is not None:
+            on_step(t)
+    return models
+
+
+@torch.no_grad()
+def accuracies(models: StackedModels, data: TaskData, split: str) -> np.ndarray:
+    """Per-model accuracy on its own task's train or test examples."""
+    x_all = data.x_train if split == "train" else data.x_test
+    y_all = data.y_train if split == "train" else data.y_test
+    slices = data.train_slices if split == "train" else data.test_slices
+    bounds = [slices[p.task_id] for p in models.plans]
+    longest = max(b - a for a, b in bounds)
+    rows = torch.zeros(len(bounds), longest, dtype=torch.long)
+    valid = torch.zeros(len(bounds), longest, dtype=torch.bool)
+    for i, (a, b) in enumerate(bounds):
+        rows[i, : b - a] = torch.arange(a, b)
+        valid[i, : b - a] = True
+    correct = torch.zeros(len(bounds))
+    chunk = 512
+    for s in range(0, longest, chunk):
+        r = rows[:, s : s + chunk].to(models.device)
+        logits = models.forward(x_all.to(models.device)[r], train=False)
+        hit = (logits.argmax(-1).cpu() == y_all[rows[:, s : s + chunk]]) & valid[:, s : s + chunk]
+        correct += hit.sum(1)
+    return (correct / valid.sum(1)).numpy()
+
+
+def train_one(plan: ModelPlan, dataset: Dataset) -> nn.Module:
+    """Reference: one model, one nn.Module, one torch.optim optimiser, a plain loop."""
+    module = plan.arch.build()
+    module.load_state_dict(init_state(plan))
+    module.train()
+    x, y = plan.task.train_data(dataset)
+    rows = batch_indices(plan, len(y))
+    if plan.optimizer == "adam":
+        opt = torch.optim.Adam(module.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            module.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay
+        )
+    for t in range(plan.steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(module(x[rows[t]]), y[rows[t]])
+        loss.backward()
+        opt.step()
+    return module.eval()
