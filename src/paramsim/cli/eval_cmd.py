@@ -1,0 +1,134 @@
+"""`paramsim eval`: score similarity methods on a zoo under the task-split protocol."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from paramsim.cli.common import quiet_option, set_threads, threads_option
+from paramsim.errors import ParamsimError
+
+
+@click.command("eval")
+@click.argument("zoo", type=click.Path(path_type=Path))
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma list of methods, e.g. flat,stats,gram1,chain,e2e,match,probes,cka,outputs,lps "
+    "(default: all fixed methods).",
+)
+@click.option(
+    "--splits",
+    "n_splits",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Random task splits (mean ± std over them).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory for results.json, results.md, cmc.png, relation.png.",
+)
+@click.option(
+    "--test-fraction",
+    type=float,
+    default=0.4,
+    show_default=True,
+    help="Fraction of tasks held out per split.",
+)
+@click.option(
+    "--queries",
+    "n_queries",
+    type=int,
+    default=None,
+    help="Queries per held-out task (default: every held-out model queries all others).",
+)
+@click.option(
+    "--seen-fraction",
+    type=float,
+    default=0.4,
+    show_default=True,
+    help="Fraction of each training task's models withheld for seen-task "
+    "classification (0: none; learned methods then train on all).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Stop on the first method that fails instead of recording it as skipped.",
+)
+@threads_option
+@quiet_option
+def eval_command(
+    zoo: Path,
+    methods: str | None,
+    n_splits: int,
+    seed: int,
+    out_dir: Path,
+    test_fraction: float,
+    n_queries: int | None,
+    seen_fraction: float,
+    strict: bool,
+    threads: int | None,
+    quiet: bool,
+) -> None:
+    """Evaluate similarity methods on the models of ZOO (a directory from `paramsim zoo build`)."""
+    from paramsim.eval.protocol import evaluate_zoo, open_zoo, parse_method_names
+    from paramsim.eval.report import format_table, write_report
+
+    if n_splits < 1:
+        raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
+    if threads is not None and threads < 1:
+        raise ParamsimError(f"--threads must be at least 1, got {threads}")
+    names = parse_method_names(methods)
+    store = open_zoo(zoo)
+    set_threads(threads)
+
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(names) * n_splits, unit="split", desc="eval")
+
+    def progress(name: str, split: int) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{name} split {split}")
+            bar.update(1)
+
+    started = time.perf_counter()
+    try:
+        results = evaluate_zoo(
+            store,
+            names,
+            n_splits=n_splits,
+            seed=seed,
+            progress=progress,
+            split_options={
+                "test_fraction": test_fraction,
+                "n_queries": n_queries,
+                "seen_fraction": seen_fraction,
+            },
+            on_error="raise" if strict else "skip",
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    results["zoo"] = zoo.resolve().name
+    results["wall_seconds"] = time.perf_counter() - started
+    written = write_report(results, out_dir)
+    click.echo(format_table(results))
+    for name, reason in results["skipped"].items():
+        click.echo(f"skipped {name}: {reason}", err=True)
+    click.echo(
+        f"{len(names)} methods x {n_splits} splits in {results['wall_seconds']:.1f} s; "
+        f"wrote {', '.join(sorted(written))} to {out_dir}"
+    )
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(eval_command)

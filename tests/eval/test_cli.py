@@ -1,0 +1,63 @@
+import json
+
+import pytest
+from eval_helpers import FakeZoo, FlatMethod
+
+from paramsim.cli import main
+from paramsim.eval import protocol
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "nosuch"], "unknown method"),
+        (["--splits", "0"], "--splits"),
+    ],
+)
+def test_bad_input_exit_2(tmp_path, capsys, args, message):
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    code = main(["eval", str(zoo), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_zoo_exit_2(tmp_path, capsys):
+    protocol.register_method("flat-test", FlatMethod)
+    try:
+        code = main(["eval", str(tmp_path / "nope"), "--methods", "flat-test", "--out", "x"])
+    finally:
+        protocol.unregister_method("flat-test")
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_command_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(protocol, "open_zoo", lambda path: FakeZoo())
+    protocol.register_method("flat-test", FlatMethod)
+    try:
+        out = tmp_path / "out"
+        code = main(
+            [
+                "eval",
+                str(tmp_path / "z"),
+                "--methods",
+                "flat-test,lps",
+                "--splits",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--threads",
+                "1",
+            ]
+        )
+    finally:
+        protocol.unregister_method("flat-test")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "| flat-test | yes |" in captured.out
+    data = json.loads((out / "results.json").read_text())
+    assert data["splits"] == 2 and data["zoo"] == "z"
+    assert {"results.md", "cmc.png"} <= {p.name for p in out.iterdir()}

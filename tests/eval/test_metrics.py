@@ -1,0 +1,168 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
+
+from paramsim.eval import metrics
+
+
+def _with_scores(query_scores: list[float], labels: list[int]):
+    """S where model 0 is the query and models 1.. score `query_scores` against it."""
+    n = len(labels)
+    S = np.zeros((n, n))
+    S[0, 1:] = query_scores
+    S[1:, 0] = query_scores
+    return S, np.asarray(labels)
+
+
+def test_hand_worked_ap_and_cmc():
+    # ranked: rel, irr, rel, irr -> AP = (1/1 + 2/3) / 2
+    S, lab = _with_scores([0.9, 0.8, 0.7, 0.1], [0, 0, 1, 0, 1])
+    r = metrics.retrieval(S, lab, [0], [1, 2, 3, 4])
+    assert r.map == pytest.approx((1 + 2 / 3) / 2)
+    assert r.rank(1) == 1.0
+    # ranked: irr, rel, irr, rel -> AP = (1/2 + 2/4) / 2, first hit at 2
+    S, lab = _with_scores([0.9, 0.8, 0.7, 0.1], [0, 1, 0, 1, 0])
+    r = metrics.retrieval(S, lab, [0], [1, 2, 3, 4])
+    assert r.map == pytest.approx(0.5)
+    assert list(r.cmc) == [0.0, 1.0, 1.0, 1.0]
+    assert r.rank(5) == 1.0  # beyond the gallery length: the last value
+
+
+def test_query_never_retrieves_itself():
+    S = np.eye(3) * 10 + 0.1
+    lab = np.array([0, 0, 1])
+    r = metrics.retrieval(S, lab, [0, 1, 2], [0, 1, 2])
+    # model 2 has no relevant item and is left out; 0 and 1 see each other at 0.1 vs 0.1
+    assert r.n_queries == 2
+    assert len(r.cmc) == 2
+
+
+def test_ties_constant_similarity_is_chance():
+    S, lab = _with_scores([0.5, 0.5, 0.5, 0.5], [0, 0, 1, 1, 1])
+    r = metrics.retrieval(S, lab, [0], [1, 2, 3, 4])
+    assert r.map == pytest.approx(0.25)
+    assert r.cmc == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+
+def test_partial_tie_expected_rank():
+    # one irrelevant strictly above, then a block of 1 relevant + 2 irrelevant
+    S, lab = _with_scores([0.9, 0.5, 0.5, 0.5], [0, 1, 0, 1, 1])
+    r = metrics.retrieval(S, lab, [0], [1, 2, 3, 4])
+    assert r.cmc == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+
+
+def test_nan_scores_rank_last():
+    S, lab = _with_scores([np.nan, 0.1, 0.2], [0, 0, 1, 1])
+    r = metrics.retrieval(S, lab, [0], [1, 2, 3])
+    assert r.rank(1) == 0.0
+    assert r.map == pytest.approx(1 / 3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000))
+def test_ap_matches_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 30))
+    scores = np.round(rng.standard_normal(n), 1)  # rounding makes ties
+    rel = rng.random(n) < 0.4
+    if not rel.any():
+        rel[0] = True
+    expected = average_precision_score(rel, scores)
+    assert metrics.average_precision(scores, rel) == pytest.approx(expected)
+
+
+def test_map_and_rank1_match_pytorch_metric_learning():
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    from paramsim.features.base import cosine_matrix
+
+    rng = np.random.default_rng(0)
+    lab = np.repeat(np.arange(4), 5)
+    emb = rng.standard_normal((20, 6)) + 1.5 * rng.standard_normal((4, 6))[lab]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)  # L2 ranking == cosine ranking
+    S = cosine_matrix(emb)
+    include = ("mean_average_precision", "precision_at_1")
+    # disjoint query / gallery; k = the whole gallery makes PML's AP the full AP
+    q, g = np.arange(0, 20, 3), np.setdiff1d(np.arange(20), np.arange(0, 20, 3))
+    calc = AccuracyCalculator(include=include, k=len(g), device=torch.device("cpu"))
+    acc = calc.get_accuracy(emb[q], lab[q], emb[g], lab[g], ref_includes_query=False)
+    r = metrics.retrieval(S, lab, q, g)
+    assert r.map == pytest.approx(acc["mean_average_precision"], abs=1e-6)
+    assert r.rank(1) == pytest.approx(acc["precision_at_1"], abs=1e-6)
+    # every model queries all others
+    calc = AccuracyCalculator(include=include, k=19, device=torch.device("cpu"))
+    acc = calc.get_accuracy(emb, lab)
+    r = metrics.retrieval(S, lab, np.arange(20), np.arange(20))
+    assert r.map == pytest.approx(acc["mean_average_precision"], abs=1e-6)
+    assert r.rank(1) == pytest.approx(acc["precision_at_1"], abs=1e-6)
+
+
+def test_verification_auc_hand_worked():
+    lab = np.array([0, 0, 1, 1])
+    S = np.full((4, 4), 0.1)
+    S[0, 1] = S[1, 0] = 0.9
+    S[2, 3] = S[3, 2] = 0.2
+    S[0, 2] = S[2, 0] = 0.5
+    # same-task 0.9 beats all 4 cross pairs, 0.2 beats 3 of them
+    assert metrics.verification_auc(S, lab, range(4)) == pytest.approx(7 / 8)
+    assert np.isnan(metrics.verification_auc(S, lab, [0, 1]))
+
+
+def test_relation_spearman_and_task_similarity():
+    from paramsim.data import Task, relation_matrix
+
+    tasks = [Task(((0,), (1,))), Task(((0,), (2,))), Task(((3,), (4,))), Task(((5,), (6,)))]
+    rel = relation_matrix(tasks).numpy()
+    lab = np.repeat(np.arange(4), 2)
+    emb_task = np.array([[1.0, 0.3, 0], [0.3, 1.0, 0], [0, 0, 1.0], [0, -1.0, 0.2]])
+    S = emb_task[lab] @ emb_task[lab].T
+    order, tsim = metrics.task_similarity(S, lab, range(8))
+    assert list(order) == [0, 1, 2, 3]
+    assert tsim[0, 1] == pytest.approx(S[0, 2])
+    # the sharing pair (0, 1) is the most similar of the six pairs -> positive rho
+    rho = metrics.relation_spearman(S, lab, range(8), rel)
+    from scipy.stats import spearmanr
+
+    iu = np.triu_indices(4, 1)
+    assert rho == pytest.approx(spearmanr(tsim[iu], rel[iu]).statistic)
+    assert rho > 0
+
+
+def test_classification_rules():
+    lab = np.array([0, 0, 1, 1, 0, 1])
+    S = np.zeros((6, 6))
+    # query 4 (task 0): nearest single reference is 2 (task 1) but task 0 wins on the mean
+    S[4, :4] = [0.6, 0.6, 0.9, 0.0]
+    S[5, :4] = [0.0, 0.1, 0.5, 0.5]
+    assert metrics.classification_accuracy(S, lab, [4, 5], [0, 1, 2, 3], "mean") == 1.0
+    assert metrics.classification_accuracy(S, lab, [4, 5], [0, 1, 2, 3], "1nn") == 0.5
+    with pytest.raises(ValueError):
+        metrics.classification_accuracy(S, lab, [4], [0], "knn")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000))
+def test_scores_invariant_to_model_order_and_affine_rescaling(seed):
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, 4, size=16)
+    lab[:4] = np.arange(4)
+    S = rng.standard_normal((16, 16))
+    S = S + S.T
+    perm = rng.permutation(16)
+    inv = np.argsort(perm)
+    S2, lab2 = 3.0 * S[np.ix_(perm, perm)] + 1.0, lab[perm]
+    idx, idx2 = np.arange(16), inv[np.arange(16)]
+    a = metrics.retrieval(S, lab, idx, idx)
+    b = metrics.retrieval(S2, lab2, idx2, idx2)
+    assert a.map == pytest.approx(b.map)
+    assert a.cmc == pytest.approx(b.cmc)
+    assert metrics.verification_auc(S, lab, idx) == pytest.approx(
+        metrics.verification_auc(S2, lab2, idx2)
+    )
+    rel = (np.add.outer(np.arange(4), np.arange(4)) % 3).astype(float)
+    r1 = metrics.relation_spearman(S, lab, idx, rel)
+    r2 = metrics.relation_spearman(S2, lab2, idx2, rel)
+    assert (np.isnan(r1) and np.isnan(r2)) or r1 == pytest.approx(r2)

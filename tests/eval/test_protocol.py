@@ -1,0 +1,185 @@
+import numpy as np
+import pytest
+from eval_helpers import FakeZoo, FlatMethod, NeedsCNN, NoiseMethod, RecordingLearned
+
+from paramsim.errors import ParamsimError
+from paramsim.eval import protocol
+from paramsim.eval.protocol import evaluate, index_tasks, make_splits
+from paramsim.features.base import Context
+
+LABELS = np.repeat(np.arange(10), 5)
+
+
+def test_splits_are_by_task_seeded_and_disjoint():
+    splits = make_splits(LABELS, n_splits=4, seed=3)
+    assert make_splits(LABELS, n_splits=4, seed=3) == splits
+    assert make_splits(LABELS, n_splits=4, seed=4) != splits
+    assert len({sp.test_tasks for sp in splits}) > 1  # repeated splits differ
+    for sp in splits:
+        assert len(sp.test_tasks) == 4 and len(sp.val_tasks) == 1 and len(sp.train_tasks) == 5
+        assert not set(sp.test_tasks) & (set(sp.train_tasks) | set(sp.val_tasks))
+        assert set(LABELS[list(sp.test_ids)]) == set(sp.test_tasks)
+        assert set(LABELS[list(sp.val_ids)]) == set(sp.val_tasks)
+        assert set(LABELS[list(sp.train_ids + sp.seen_ids)]) == set(sp.train_tasks)
+        assert not set(sp.train_ids) & set(sp.seen_ids)
+        # every model of a training task is either training or seen-task test (2 of 5)
+        assert len(sp.seen_ids) == 2 * len(sp.train_tasks)
+        assert sp.query_ids == sp.gallery_ids == sp.test_ids
+        assert sp.seed == 3
+
+
+def test_query_gallery_option():
+    for sp in make_splits(LABELS, n_splits=2, n_queries=2, seen_fraction=0):
+        assert not set(sp.query_ids) & set(sp.gallery_ids)
+        assert set(sp.query_ids) | set(sp.gallery_ids) == set(sp.test_ids)
+        assert len(sp.query_ids) == 2 * len(sp.test_tasks)
+        assert sp.seen_ids == ()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"n_splits": 0}, {"test_fraction": 1.0}, {"val_fraction": -0.1}, {"n_queries": 0}],
+)
+def test_bad_split_arguments(kwargs):
+    with pytest.raises(ParamsimError):
+        make_splits(LABELS, **kwargs)
+
+
+def test_too_few_tasks():
+    with pytest.raises(ParamsimError, match="at least 3 tasks"):
+        make_splits([0, 0, 1, 1])
+
+
+@pytest.fixture
+def setup(synth):
+    nets, model_tasks = synth
+    labels, _ = index_tasks(model_tasks)
+    return nets, model_tasks, make_splits(labels, n_splits=3, seed=0, test_fraction=0.5)
+
+
+def test_evaluate_scores_fixed_methods(setup):
+    nets, model_tasks, splits = setup
+    methods = {"flat": FlatMethod(), "noise": NoiseMethod(), "cnn": NeedsCNN()}
+    calls = []
+    res = evaluate(
+        nets,
+        model_tasks,
+        methods,
+        splits,
+        Context(seed=1),
+        progress=lambda n, i: calls.append((n, i)),
+    )
+    assert len(calls) == 3 * len(splits)
+    assert res["skipped"] == {"cnn": "needs convolutional networks"}
+    flat, noise = res["methods"]["flat"], res["methods"]["noise"]
+    for key in ("map", "rank1", "rank5", "rank10", "auc", "relation_spearman"):
+        assert set(flat[key]) == {"mean", "std"}
+    assert flat["map"]["mean"] > 0.95 and flat["auc"]["mean"] > 0.95
+    assert flat["classification"]["mean"] == 1.0
+    assert noise["map"]["mean"] < 0.7
+    assert len(flat["per_split"]) == 3 and flat["weights_only"] is True
+    assert flat["seconds"] >= 0 and flat["models_per_s"] > 0
+    assert res["splits"] == 3 and res["seed"] == 0
+    ex = flat["task_similarity"]
+    assert len(ex["tasks"]) == len(splits[0].test_tasks) == len(ex["relation"])
+
+
+def test_fixed_fast_path_equals_heldout(setup):
+    nets, model_tasks, splits = setup
+    a = evaluate(nets, model_tasks, [FlatMethod()], splits)["methods"]["flat-test"]
+    b = evaluate(nets, model_tasks, [FlatMethod()], splits, fixed_mode="heldout")
+    b = b["methods"]["flat-test"]
+    for key in ("map", "rank1", "auc", "relation_spearman", "classification"):
+        assert a[key]["mean"] == pytest.approx(b[key]["mean"])
+
+
+def test_learned_method_never_sees_held_out_tasks(setup):
+    nets, model_tasks, splits = setup
+    RecordingLearned.fits.clear()
+    proto = RecordingLearned()
+    res = evaluate(nets, model_tasks, {"learned": proto}, splits, on_error="raise")
+    assert not proto.fitted  # the prototype itself is never fitted
+    assert len(RecordingLearned.fits) == len(splits)
+    _, tasks = index_tasks(model_tasks)
+    for sp, fit in zip(splits, RecordingLearned.fits, strict=True):
+        held_out = {tasks[t] for t in sp.test_tasks}
+        assert not held_out & (fit["train"] | fit["val"])
+        assert fit["val"] == {tasks[t] for t in sp.val_tasks}
+        assert fit["n"] == len(sp.train_ids)
+    fixed = evaluate(nets, model_tasks, [FlatMethod()], splits)["methods"]["flat-test"]
+    learned = res["methods"]["learned"]
+    assert learned["learned"] is True
+    # same embedding, same held-out models -> the same scores as the fixed version
+    assert learned["map"]["mean"] == pytest.approx(fixed["map"]["mean"])
+    assert learned["fit_seconds"] >= 0
+
+
+def test_failing_method_is_skipped_or_raised(setup):
+    nets, model_tasks, splits = setup
+
+    class Broken(FlatMethod):
+        def embed(self, networks, context):
+            raise RuntimeError("boom")
+
+    res = evaluate(nets, model_tasks, {"broken": Broken()}, splits)
+    assert res["skipped"]["broken"].startswith("failed: RuntimeError: boom")
+    with pytest.raises(RuntimeError):
+        evaluate(nets, model_tasks, {"broken": Broken()}, splits, on_error="raise")
+
+
+def test_wrong_similarity_shape_is_reported(setup):
+    nets, model_tasks, splits = setup
+
+    class Wrong(FlatMethod):
+        def similarity(self, networks, context):
+            return np.zeros((2, 2))
+
+    res = evaluate(nets, model_tasks, {"wrong": Wrong()}, splits)
+    assert "shape" in res["skipped"]["wrong"]
+
+
+def test_mismatched_inputs(setup):
+    nets, model_tasks, splits = setup
+    with pytest.raises(ParamsimError):
+        evaluate(nets[:-1], model_tasks, [FlatMethod()], splits)
+
+
+def test_registry_and_names(monkeypatch):
+    protocol.register_method("flat-test", FlatMethod)
+    try:
+        assert "flat-test" in protocol.known_method_names()
+        assert isinstance(protocol.resolve_method("flat-test"), FlatMethod)
+        assert protocol.parse_method_names("flat-test, lps") == ["flat-test", "lps"]
+        with pytest.raises(ParamsimError, match="unknown method"):
+            protocol.parse_method_names("flat-test,nosuch")
+        with pytest.raises(ParamsimError, match="twice"):
+            protocol.parse_method_names("flat-test,flat-test")
+    finally:
+        protocol.unregister_method("flat-test")
+
+
+def test_lps_unavailable_gives_reason(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name == "paramsim.lps":
+            raise ImportError("not built yet")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    reason = protocol.resolve_method("lps")
+    assert isinstance(reason, str) and "not available" in reason
+
+
+def test_evaluate_zoo_with_registered_methods():
+    protocol.register_method("flat-test", FlatMethod)
+    try:
+        res = protocol.evaluate_zoo(FakeZoo(), "flat-test,lps", n_splits=2, seed=5)
+    finally:
+        protocol.unregister_method("flat-test")
+    assert res["zoo"] == "fake-zoo" and res["splits"] == 2 and res["seed"] == 5
+    assert "flat-test" in res["methods"]
+    assert res["method_order"] == ["flat-test", "lps"]
+    assert "lps" in res["methods"] or "lps" in res["skipped"]

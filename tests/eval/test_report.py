@@ -1,0 +1,78 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from eval_helpers import FlatMethod, NoiseMethod
+
+from paramsim.eval import report
+from paramsim.eval.protocol import evaluate, index_tasks, make_splits
+
+
+@pytest.fixture(scope="module")
+def results(synth):
+    nets, model_tasks = synth
+    labels, _ = index_tasks(model_tasks)
+    splits = make_splits(labels, n_splits=2, seed=0, test_fraction=0.5)
+    res = evaluate(nets, model_tasks, {"flat": FlatMethod(), "noise": NoiseMethod()}, splits)
+    res["skipped"]["lps"] = "paramsim.lps is not available"
+    return res
+
+
+def test_write_report(results, tmp_path):
+    out = tmp_path / "deep" / "out"
+    written = report.write_report(results, out)
+    assert set(written) == {"results.json", "results.md", "cmc.png", "relation.png"}
+    data = json.loads((out / "results.json").read_text())  # strict JSON, no NaN
+    assert data["methods"]["flat"]["map"]["mean"] == pytest.approx(
+        results["methods"]["flat"]["map"]["mean"]
+    )
+    assert data["skipped"] == {"lps": "paramsim.lps is not available"}
+    md = (out / "results.md").read_text()
+    assert "| flat | yes |" in md and "±" in md and "skipped" in md
+    for png in ("cmc.png", "relation.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def test_table_rows_and_nan_cells(results):
+    res = json.loads(json.dumps(report.jsonable(results)))
+    res["methods"]["noise"]["relation_spearman"] = {"mean": None, "std": None}
+    table = report.format_table(res).splitlines()
+    assert table[0].startswith("| method | weights-only | mAP | rank-1 | rank-5 | AUC |")
+    rows = {line.split("|")[1].strip(): line for line in table[2:]}
+    assert set(rows) == {"flat", "noise", "lps"}
+    assert "–" in rows["noise"]
+    assert all(line.count("|") == table[0].count("|") for line in table)
+
+
+def test_jsonable_handles_numpy_and_nan():
+    assert report.jsonable({"a": np.float32(np.nan), "b": np.arange(2), "c": (np.int64(3),)}) == {
+        "a": None,
+        "b": [0, 1],
+        "c": [3],
+    }
+
+
+def test_failure_leaves_old_files_and_no_temp(results, tmp_path, monkeypatch):
+    report.write_report(results, tmp_path)
+    before = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.os, "replace", broken)
+    with pytest.raises(OSError):
+        report.write_report(results, tmp_path)
+    after = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
+    assert after == before
+
+
+def test_render_error_writes_nothing(results, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(report, "plot_relation", broken)
+    with pytest.raises(RuntimeError):
+        report.write_report(results, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
