@@ -1,0 +1,67 @@
+"""Similarity methods: the fixed (non-learned) baselines and the interface they share.
+
+from paramsim.features import get_method
+sim = get_method("chain").similarity(networks)   # (n, n), larger is more alike
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paramsim.errors import ParamsimError
+from paramsim.features.base import Context, Method, cosine_matrix
+from paramsim.features.function import (
+    CKAMethod,
+    OutputsMethod,
+    ProbesMethod,
+    linear_cka,
+    synthetic_probes,
+)
+from paramsim.features.gram import ChainMethod, E2EMethod, Gram1Method, chain_maps
+from paramsim.features.match import MatchMethod
+from paramsim.features.simple import FlatMethod, StatsMethod
+
+_REGISTRY: dict[str, type[Method]] = {
+    "flat": FlatMethod,
+    "stats": StatsMethod,
+    "gram1": Gram1Method,
+    "chain": ChainMethod,
+    "e2e": E2EMethod,
+    "match": MatchMethod,
+    "probes": ProbesMethod,
+    "cka": CKAMethod,
+    "outputs": OutputsMethod,
+}
+FIXED_METHODS: list[str] = list(_REGISTRY)
+
+
+def get_method(name: str, **kwargs: Any) -> Method:
+    """A fixed method by name, with its options as keyword arguments."""
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ParamsimError(f"unknown method {name!r}; choose one of {', '.join(FIXED_METHODS)}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ParamsimError(f"bad options for method {name}: {exc}") from exc
+
+
+__all__ = [
+    "FIXED_METHODS",
+    "CKAMethod",
+    "ChainMethod",
+    "Context",
+    "E2EMethod",
+    "FlatMethod",
+    "Gram1Method",
+    "MatchMethod",
+    "Method",
+    "OutputsMethod",
+    "ProbesMethod",
+    "StatsMethod",
+    "chain_maps",
+    "cosine_matrix",
+    "get_method",
+    "linear_cka",
+    "synthetic_probes",
+]

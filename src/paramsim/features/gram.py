@@ -1,0 +1,289 @@
+"""Second-order, permutation-invariant representations in input space.
+
+The chain X_l = W_1^T W_2^T ... W_l^T maps hidden layer l back to the input: permutations of
+the middle layers cancel (P^T P = I) and the Gram G_l = X_l X_l^T cancels the last one, so
+G_l depends only on what layer l computes linearly from the input. Networks of different
+widths give Grams of the same size and can be compared; MLPs and CNNs cannot (their inputs
+are pixels vs. kernel taps).
+
+CNNs: each convolution's kernel is composed with the chain so far (a full convolution of
+kernels, summed over the shared channel), so the composite kernel and its receptive field grow
+layer by layer. Approximations, because the chain is linear: ReLU is ignored (as for MLPs);
+padding is ignored (the composite is the linear map away from the borders); MaxPool2d(2) is
+replaced by 2x2 average pooling, i.e. a 2x2 box filter after which later kernels are dilated
+by the accumulated stride; global average pooling followed by a linear layer becomes a 1x1
+kernel (the average over positions is dropped); a linear layer on a flattened feature map is
+a kernel the size of that map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from paramsim.errors import ParamsimError
+from paramsim.features._common import FixedMethod, ensure, per_group, triu, unit
+from paramsim.features.base import Context
+from paramsim.weights import Network, NetworkStack, group_by_signature
+
+
+def chain_maps(
+    stack: NetworkStack, upto: int | None = None, row_norm: bool = False, bias: bool = False
+) -> tuple[str, list[torch.Tensor]]:
+    """X_l for l = 1..upto as (M, rows, units_l) tensors, and the input space they live in.
+
+    The input space is a string key: two networks can be compared only when keys match.
+    """
+    t = stack.template
+    upto = len(t.layers) if upto is None else upto
+    if all(lay.kind == "linear" for lay in t.layers):
+        return f"mlp inputs {t.layers[0].weight.shape[1] + int(bias)}", _mlp_chain(
+            stack, upto, row_norm, bias
+        )
+    if t.layers[0].kind != "conv":
+        raise ParamsimError("networks whose first layer is linear but later ones convolutional")
+    if bias:
+        raise ParamsimError("bias=True is implemented for MLPs only")
+    if t.input_ops:
+        raise ParamsimError(f"CNN input operations {t.input_ops} are not supported")
+    maps = _cnn_chain(stack, upto, row_norm)
+    c = t.input_shape[0]
+    return f"cnn {c} channels", maps
+
+
+def _norm_rows_t(w: torch.Tensor) -> torch.Tensor:
+    """Row-normalise W^T (per input unit, over the output units); w is (M, out, in, ...)."""
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _mlp_chain(stack: NetworkStack, upto: int, row_norm: bool, bias: bool) -> list[torch.Tensor]:
+    maps = []
+    x = None
+    for w, b in list(zip(stack.weights, stack.biases, strict=True))[:upto]:
+        w = w.reshape(w.shape[0], w.shape[1], -1)
+        if row_norm:
+            w = _norm_rows_t(w)
+        wt = w.transpose(1, 2)  # (M, in, out)
+        if bias:  # affine map as [[W, b], [0, 1]]: the last input row is the constant 1
+            m, n_in, n_out = wt.shape
+            aug = torch.zeros(m, n_in + 1, n_out + 1, dtype=wt.dtype)
+            aug[:, :n_in, :n_out] = wt
+            aug[:, n_in, :n_out] = b
+            aug[:, n_in, n_out] = 1.0
+            wt = aug
+        x = wt if x is None else x @ wt
+        maps.append(x[:, :, :-1] if bias else x)
+    return maps
+
+
+def _compose(k: torch.Tensor, w: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Composite kernel of applying `w` (M, o, c, kh, kw) after `k` (M, c, i, S1, S2).
+
+    y = w * (k * x) for cross-correlations equals a cross-correlation of x with the full
+    convolution of the kernels, summed over the middle channel c; `w` is dilated because it
+    reads a map sub-sampled by `dilation` in input coordinates.
+    """
+    m, c, i, s1, s2 = k.shape
+    o, kh, kw = w.shape[1], w.shape[3], w.shape[4]
+    inp = k.permute(2, 0, 1, 3, 4).reshape(i, m * c, s1, s2)
+    wt = w.flip(-1, -2).reshape(m * o, c, kh, kw)
+    pad = (dilation * (kh - 1), dilation * (kw - 1))
+    out = F.conv2d(inp, wt, padding=pad, dilation=dilation, groups=m)
+    return out.reshape(i, m, o, out.shape[-2], out.shape[-1]).permute(1, 2, 0, 3, 4)
+
+
+def _box(k: torch.Tensor, stride: int) -> torch.Tensor:
+    """2x2 average pooling (the linear stand-in for max pooling) composed onto `k`."""
+    s1, s2 = k.shape[-2:]
+    out = k.new_zeros(*k.shape[:-2], s1 + stride, s2 + stride)
+    for a in (0, stride):
+        for b in (0, stride):
+            out[..., a : a + s1, b : b + s2] += k / 4
+    return out
+
+
+def _cnn_chain(stack: NetworkStack, upto: int, row_norm: bool) -> list[torch.Tensor]:
+    t = stack.template
+    m = len(stack)
+    _, mh, mw = t.input_shape
+    k = None
+    stride, flat_pending = 1, False
+    maps = []
+    for lay, w in list(zip(t.layers, stack.weights, strict=True))[:upto]:
+        if lay.kind == "conv":
+            kern = w
+            mh = mh + 2 * lay.padding - w.shape[-2] + 1
+            mw = mw + 2 * lay.padding - w.shape[-1] + 1
+        elif flat_pending:  # a linear layer on a flattened map: a kernel the map's size
+            kern = w.reshape(m, w.shape[1], -1, mh, mw)
+            flat_pending, mh, mw = False, 1, 1
+        else:  # after global pooling, or after another linear layer: a 1x1 kernel
+            kern = w.reshape(m, w.shape[1], -1, 1, 1)
+        if row_norm:
+            kern = _norm_rows_t(kern)
+        k = kern if k is None else _compose(k, kern, stride)
+        for op in lay.post:
+            if op == "maxpool2":
+                k, stride, mh, mw = _box(k, stride), stride * 2, mh // 2, mw // 2
+            elif op == "gap":
+                mh, mw = 1, 1
+            elif op == "flatten":
+                flat_pending = mh * mw > 1
+        maps.append(k.reshape(m, k.shape[1], -1).transpose(1, 2))
+    return maps
+
+
+def _gram_block(x: torch.Tensor) -> torch.Tensor:
+    """Unit-norm upper triangle of X X^T for a batch (M, rows, units)."""
+    return unit(triu(x @ x.transpose(1, 2)))
+
+
+def _diff_block(x: torch.Tensor) -> torch.Tensor:
+    """Class-difference direction(s) in input space: column 1 - column 0 for two outputs,
+    else the columns centred over classes (flattened). Unit norm."""
+    if x.shape[-1] == 2:
+        return unit(x[..., 1] - x[..., 0])
+    return unit((x - x.mean(dim=-1, keepdim=True)).flatten(1))
+
+
+class _InputSpaceMethod(FixedMethod):
+    """Shared checking for the methods that live in input space."""
+
+    weights_only = True
+    row_norm = False
+    bias = False
+    max_rows = 2048  # a Gram has rows^2 / 2 entries per model and depth
+
+    def _layout(self, net: Network) -> tuple:
+        """What must agree between two networks for their features to be comparable."""
+        raise NotImplementedError
+
+    def _maps(self, stack: NetworkStack, upto: int | None) -> tuple[str, list[torch.Tensor]]:
+        return chain_maps(stack, upto, self.row_norm, self.bias)
+
+    def check(self, networks: Sequence[Network]) -> str | None:
+        layouts = set()
+        for idx in group_by_signature(networks):
+            try:
+                layouts.add(self._layout(networks[idx[0]]))
+            except ParamsimError as exc:
+                return str(exc)
+        if len(layouts) > 1:
+            kinds = {lay[0].split()[0] for lay in layouts}
+            if len(kinds) > 1:
+                return (
+                    "MLPs and CNNs live in different input spaces (pixels vs. kernel taps); "
+                    "compare them with probes"
+                )
+            return f"these networks map to input spaces of different sizes: {sorted(layouts)}"
+        rows = max(max(r for r in lay[1:] if isinstance(r, int)) for lay in layouts)
+        if rows > self.max_rows:
+            return (
+                f"a Gram would have {rows} x {rows} entries per model (max_rows "
+                f"{self.max_rows}); use fewer depths or probes"
+            )
+        return None
+
+
+class Gram1Method(_InputSpaceMethod):
+    """First-layer Gram W_1^T W_1 (input x input), upper triangle, cosine.
+
+    Convolutions use the kernel reshaped to (out, in * k * k).
+    """
+
+    name = "gram1"
+
+    def __init__(self, row_norm: bool = False, bias: bool = False) -> None:
+        self.row_norm, self.bias = row_norm, bias
+
+    def _layout(self, net: Network) -> tuple:
+        space, maps = self._maps(NetworkStack.from_networks([net]), 1)
+        return (space, maps[0].shape[1])
+
+    def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
+        ensure(self, networks)
+        return per_group(networks, lambda s: _gram_block(self._maps(s, 1)[1][0]))
+
+
+class ChainMethod(_InputSpaceMethod):
+    """Chain-aligned Gram at each hidden depth, each block unit-norm, concatenated, cosine.
+
+    `depths` are 1-based hidden layers (negative counts back from the last hidden layer,
+    -1 = last); None means every hidden layer. Networks of different depths compare when
+    `depths` picks layers they all have (e.g. (-1,) or (1, 2)).
+    `row_norm` is the authors' per-input normalisation; it hurt in prototypes (off by default).
+    """
+
+    name = "chain"
+
+    def __init__(
+        self, depths: Sequence[int] | None = None, row_norm: bool = False, bias: bool = False
+    ) -> None:
+        self.depths = None if depths is None else tuple(int(d) for d in depths)
+        self.row_norm, self.bias = row_norm, bias
+
+    def _depths(self, net: Network) -> list[int]:
+        n_hidden = len(net.layers) - 1
+        if n_hidden < 1:
+            raise ParamsimError("chain needs at least one hidden layer; use gram1 or e2e")
+        want = self.depths or tuple(range(1, n_hidden + 1))
+        out = []
+        for d in want:
+            dd = d if d > 0 else n_hidden + 1 + d
+            if not 1 <= dd <= n_hidden:
+                raise ParamsimError(f"depth {d} does not exist in a net with {n_hidden} hidden")
+            out.append(dd)
+        return out
+
+    def _layout(self, net: Network) -> tuple:
+        depths = self._depths(net)
+        space, maps = self._maps(NetworkStack.from_networks([net]), max(depths))
+        return (space, *(maps[d - 1].shape[1] for d in depths))
+
+    def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
+        ensure(self, networks)
+
+        def feats(stack: NetworkStack) -> torch.Tensor:
+            depths = self._depths(stack.template)
+            maps = self._maps(stack, max(depths))[1]
+            return torch.cat([_gram_block(maps[d - 1]) for d in depths], dim=1)
+
+        return per_group(networks, feats)
+
+
+class E2EMethod(_InputSpaceMethod):
+    """The chain carried through to the output units: X_L (input x classes).
+
+    Output units are not permuted, so X_L is itself invariant. Embedding: the unit-norm Gram
+    of X_L (`"gram"`, second order, symmetric in the classes) and the class-difference
+    direction X_L[:, 1] - X_L[:, 0] (`"diff"`, signed); `blocks` picks them. Works across
+    widths and depths.
+    """
+
+    name = "e2e"
+
+    def __init__(
+        self, blocks: Sequence[str] = ("gram", "diff"), row_norm: bool = False, bias: bool = False
+    ) -> None:
+        bad = set(blocks) - {"gram", "diff"}
+        if bad or not blocks:
+            raise ParamsimError(f"e2e blocks must be among 'gram', 'diff'; got {list(blocks)}")
+        self.blocks = tuple(blocks)
+        self.row_norm, self.bias = row_norm, bias
+
+    def _layout(self, net: Network) -> tuple:
+        space, maps = self._maps(NetworkStack.from_networks([net]), None)
+        return (space, *maps[-1].shape[1:])
+
+    def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
+        ensure(self, networks)
+
+        def feats(stack: NetworkStack) -> torch.Tensor:
+            x = self._maps(stack, None)[1][-1]
+            parts = {"gram": _gram_block, "diff": _diff_block}
+            return torch.cat([parts[b](x) for b in self.blocks], dim=1)
+
+        return per_group(networks, feats)
