@@ -1,0 +1,469 @@
+"""Training the LPS network: metric learning over training tasks, early stopping on
+validation tasks, symmetry-respecting augmentation, and safe save/load."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from paramsim.data import Task
+from paramsim.errors import ParamsimError
+from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig
+from paramsim.lps.model import LPSNet
+from paramsim.weights import Network, NetworkStack, group_by_signature
+
+ProgressFn = Callable[[dict], None]
+CONFIG_FILE = "lps.json"
+WEIGHTS_FILE = "lps.safetensors"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def retrieval_map(emb: np.ndarray, labels: Sequence[int]) -> float:
+    """mAP with every model querying all others by cosine (labels: task per model)."""
+    e = np.asarray(emb, dtype=np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    lab = np.asarray(labels)
+    s = e @ e.T
+    n = len(lab)
+    aps = []
+    for i in range(n):
+        mask = np.arange(n) != i
+        rel = lab[mask] == lab[i]
+        if not rel.any():
+            continue
+        order = np.argsort(-s[i, mask], kind="stable")
+        hits = rel[order]
+        ranks = np.flatnonzero(hits) + 1
+        aps.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def task_key(task: Task) -> tuple:
+    """A task regardless of output order: {a} vs {b} and {b} vs {a} are the same question."""
+    return tuple(sorted(tuple(sorted(s)) for s in task.sides))
+
+
+def filter_extra(
+    extra_tasks: Sequence[Task], train_tasks: Sequence[Task], exclude: Sequence[Task] | None
+) -> list[int]:
+    """Indices of extra training models that may be used without leaking held-out tasks.
+
+    Dropped: tasks with the exact sides (either order) of a task in `exclude`. When `exclude`
+    is None the held-out tasks are unknown, so the guard is conservative: an extra task whose
+    side sizes match some main training task's (e.g. a pure pair) but that is not itself a
+    training task could be a held-out task and is dropped.
+    """
+    train_keys = {task_key(t) for t in train_tasks}
+    if exclude is not None:
+        banned = {task_key(t) for t in exclude} - set()
+        return [i for i, t in enumerate(extra_tasks) if task_key(t) not in banned]
+    shapes = {tuple(sorted(len(s) for s in t.sides)) for t in train_tasks}
+    keep = []
+    for i, t in enumerate(extra_tasks):
+        k = task_key(t)
+        if k in train_keys or tuple(sorted(len(s) for s in t.sides)) not in shapes:
+            keep.append(i)
+    return keep
+
+
+# --------------------------------------------------------------------------- data pool
+
+
+@dataclass
+class _Group:
+    template: Network
+    weights: tuple[torch.Tensor, ...]
+    biases: tuple[torch.Tensor, ...]
+    members: np.ndarray  # pool indices of this group's models, in stack order
+
+
+@dataclass
+class _Pool:
+    """Networks stacked per architecture so a batch is a few batched forward passes."""
+
+    groups: list[_Group]
+    where: np.ndarray  # (n, 2): group index and row within the group
+    labels: np.ndarray
+
+    @classmethod
+    def build(cls, nets: Sequence[Network], labels: Sequence[int]) -> _Pool:
+        groups = []
+        where = np.zeros((len(nets), 2), dtype=np.int64)
+        for g, idx in enumerate(group_by_signature(nets)):
+            st = NetworkStack.from_networks([nets[i] for i in idx])
+            groups.append(_Group(st.template, st.weights, st.biases, np.asarray(idx)))
+            where[idx, 0] = g
+            where[idx, 1] = np.arange(len(idx))
+        return cls(groups, where, np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _augment(
+    g: _Group, rows: torch.Tensor, cfg: FitConfig, gen: torch.Generator
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Selected models with ReLU rescaling of hidden units and small weight noise.
+
+    Both keep the function (rescaling exactly, noise nearly), so the metric should ignore
+    them; hidden permutations are not drawn because the network is exactly invariant to them.
+    """
+    ws = [w[rows] for w in g.weights]
+    bs = [b[rows] for b in g.biases]
+    m = len(rows)
+    if cfg.rescale_aug > 0:
+        for i in range(len(ws) - 1):
+            if "relu" not in g.template.layers[i].post:
+                continue
+            units = ws[i].shape[1]
+            a = torch.exp((torch.rand(m, units, generator=gen) * 2 - 1) * cfg.rescale_aug)
+            ws[i] = ws[i] * a.reshape(m, units, *([1] * (ws[i].dim() - 2)))
+            bs[i] = bs[i] * a
+            nxt = ws[i + 1]
+            if nxt.shape[2] != units:  # conv -> flatten -> linear is not rescaled here
+                continue
+            ws[i + 1] = nxt / a.reshape(m, 1, units, *([1] * (nxt.dim() - 3)))
+    if cfg.noise_aug > 0:
+        for i, w in enumerate(ws):
+            std = w.flatten(1).std(dim=1).reshape(m, *([1] * (w.dim() - 1)))
+            ws[i] = w + cfg.noise_aug * std * torch.randn(w.shape, generator=gen)
+    return ws, bs
+
+
+def _embed_pool(
+    net: LPSNet, pool: _Pool, idx: np.ndarray, aug: FitConfig | None, gen: torch.Generator
+) -> torch.Tensor:
+    """Embeddings of pool models `idx` (in that order); augmented when `aug` is given."""
+    out = torch.zeros(len(idx), net.config.emb_dim)
+    gi = pool.where[idx, 0]
+    for g in np.unique(gi):
+        pos = np.flatnonzero(gi == g)
+        rows = torch.as_tensor(pool.where[idx[pos], 1])
+        grp = pool.groups[int(g)]
+        keep = None
+        if aug is not None:
+            ws, bs = _augment(grp, rows, aug, gen)
+            if aug.branch_dropout > 0 and net.config.func_branch:
+                keep = (torch.rand(len(rows), generator=gen) >= aug.branch_dropout).float()
+        else:
+            ws = [w[rows] for w in grp.weights]
+            bs = [b[rows] for b in grp.biases]
+        out = out.index_put((torch.as_tensor(pos),), net.forward_stack(grp.template, ws, bs, keep))
+    return out
+
+
+def _batches(labels: np.ndarray, cfg: FitConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Task-balanced batches: `tasks_per_batch` tasks with `models_per_task` models each, so
+    every anchor has positives; one epoch sees every model about once."""
+    by_task: dict[int, list[int]] = {}
+    for i, t in enumerate(labels):
+        by_task.setdefault(int(t), []).append(i)
+    queues = {t: list(rng.permutation(v)) for t, v in by_task.items()}
+    tasks = [t for t, v in by_task.items() if len(v) >= 2]
+    n_batches = max(1, len(labels) // (cfg.tasks_per_batch * cfg.models_per_task))
+    out = []
+    for _ in range(n_batches):
+        chosen = rng.choice(tasks, size=min(cfg.tasks_per_batch, len(tasks)), replace=False)
+        batch = []
+        for t in chosen:
+            q = queues[int(t)]
+            if len(q) < cfg.models_per_task:
+                q.extend(rng.permutation(by_task[int(t)]))
+            batch += [q.pop() for _ in range(min(cfg.models_per_task, len(by_task[int(t)])))]
+        out.append(np.asarray(batch))
+    return out
+
+
+def _make_loss(cfg: FitConfig, n_classes: int, emb_dim: int, gen: torch.Generator):
+    """(loss function, extra trainable module or None)."""
+    from pytorch_metric_learning import losses
+
+    if cfg.loss == "supcon":
+        return losses.SupConLoss(temperature=cfg.temperature), None
+    if cfg.loss == "multisim":
+        return losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5), None
+    if cfg.loss == "ce":
+        clf = nn.Linear(emb_dim, n_classes, bias=False)
+        with torch.no_grad():
+            clf.weight.copy_(torch.randn(n_classes, emb_dim, generator=gen) * 0.01)
+        scale = 1.0 / cfg.temperature
+
+        def ce(emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            w = clf.weight / clf.weight.norm(dim=1, keepdim=True).clamp_min(1e-8)
+            return nn.functional.cross_entropy(scale * emb @ w.T, labels)
+
+        return ce, clf
+    raise ParamsimError(f"unknown loss {cfg.loss!r}; use supcon, multisim or ce")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class LPS:
+    """A learned similarity over trained networks: fit on tasks, embed any model, save/load.
+
+    `LPS().fit(networks, tasks, val=(val_networks, val_tasks))` infers the input shape and
+    output count from the networks when no config is given.
+    """
+
+    config: LPSConfig | None = None
+    fit_config: FitConfig = field(default_factory=FitConfig)
+    net: LPSNet | None = None
+    meta: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- fit
+    def fit(
+        self,
+        networks: Sequence[Network],
+        tasks: Sequence[Task],
+        context=None,
+        val: tuple[Sequence[Network], Sequence[Task]] | None = None,
+        *,
+        extra_networks: Sequence[Network] = (),
+        extra_tasks: Sequence[Task] = (),
+        exclude_tasks: Sequence[Task] | None = None,
+        progress: ProgressFn | None = None,
+        time_limit: float | None = None,
+    ) -> LPS:
+        """Train on `networks` labelled by `tasks` (one per model), plus the extra models whose
+        tasks pass `filter_extra`; stop early on validation mAP; keep the best epoch.
+
+        Without `val`, `fit_config.val_fraction` of the training tasks are held out for it.
+        """
+        fc = self.fit_config
+        if len(networks) != len(tasks):
+            raise ParamsimError(f"{len(networks)} networks but {len(tasks)} tasks; one per model")
+        if len(extra_networks) != len(extra_tasks):
+            raise ParamsimError("extra_networks and extra_tasks differ in length")
+        if not networks:
+            raise ParamsimError("no training networks given")
+        seed = fc.seed
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(seed)
+        networks, tasks = list(networks), list(tasks)
+        if val is None and fc.val_fraction > 0:
+            keys = sorted({task_key(t) for t in tasks})
+            n_val = int(round(len(keys) * fc.val_fraction))
+            if len(keys) - n_val >= 2 and n_val >= 2:
+                chosen = {keys[i] for i in rng.choice(len(keys), n_val, replace=False)}
+                vi = [i for i, t in enumerate(tasks) if task_key(t) in chosen]
+                ti = [i for i, t in enumerate(tasks) if task_key(t) not in chosen]
+                val = ([networks[i] for i in vi], [tasks[i] for i in vi])
+                networks, tasks = [networks[i] for i in ti], [tasks[i] for i in ti]
+        main_tasks = list(tasks)
+        excluded = list(exclude_tasks) if exclude_tasks is not None else None
+        if val is not None and excluded is not None:
+            excluded += list(val[1])
+        keep = filter_extra(extra_tasks, main_tasks, excluded)
+        if val is not None:  # validation tasks never train
+            vkeys = {task_key(t) for t in val[1]}
+            keep = [i for i in keep if task_key(extra_tasks[i]) not in vkeys]
+        all_nets = networks + [extra_networks[i] for i in keep]
+        all_tasks = tasks + [extra_tasks[i] for i in keep]
+
+        cfg = self.config or LPSConfig(
+            input_shape=tuple(all_nets[0].input_shape), n_outputs=all_nets[0].n_outputs
+        )
+        self.config = cfg
+        net = LPSNet(cfg, seed=seed)
+        why = net.check(all_nets)
+        if why:
+            raise ParamsimError(why)
+        keys = {}
+        labels = [keys.setdefault(task_key(t), len(keys)) for t in all_tasks]
+        pool = _Pool.build(all_nets, labels)
+        val_pool = None
+        if val is not None and len(val[0]):
+            vk: dict = {}
+            val_pool = _Pool.build(val[0], [vk.setdefault(task_key(t), len(vk)) for t in val[1]])
+
+        loss_fn, extra_mod = _make_loss(fc, len(keys), cfg.emb_dim, gen)
+        probe_params = [p for n, p in net.named_parameters() if n == "probes_raw"]
+        other = [p for n, p in net.named_parameters() if n != "probes_raw"]
+        if extra_mod is not None:
+            other += list(extra_mod.parameters())
+        groups = [{"params": other, "lr": fc.lr}]
+        if probe_params:
+            groups.append({"params": probe_params, "lr": fc.lr_probes, "weight_decay": 0.0})
+        opt = torch.optim.AdamW(groups, lr=fc.lr, weight_decay=fc.weight_decay)
+
+        def val_score() -> tuple[float, float]:
+            """Validation mAP and, to break its frequent ties at 1.0, the validation loss."""
+            if val_pool is None:
+                return float("nan"), float("nan")
+            with torch.no_grad():
+                net.eval()
+                e = _embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
+                vl = float(val_loss(e, torch.as_tensor(val_pool.labels)))
+                net.train()
+            return retrieval_map(e.numpy(), val_pool.labels), vl
+
+        def better(a: tuple[float, float], b: tuple[float, float]) -> bool:
+            if abs(a[0] - b[0]) > 1e-3:
+                return a[0] > b[0]
+            return a[1] < b[1] - 1e-4
+
+        from pytorch_metric_learning import losses as pml_losses
+
+        val_loss = pml_losses.SupConLoss(temperature=fc.temperature)
+        history = []
+        score = val_score()
+        best = (score, 0, copy.deepcopy(net.state_dict()))
+        history.append(
+            {"epoch": 0, "loss": float("nan"), "val_map": score[0], "val_loss": score[1]}
+        )
+        if progress:
+            progress(history[-1])
+        started = time.perf_counter()
+        lab_t = torch.as_tensor(pool.labels)
+        stale = 0
+        for epoch in range(1, fc.epochs + 1):
+            net.train()
+            losses_ = []
+            for batch in _batches(pool.labels, fc, rng):
+                emb = _embed_pool(net, pool, batch, fc, gen)
+                loss = loss_fn(emb, lab_t[batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses_.append(float(loss.detach()))
+            score = val_score()
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": float(np.mean(losses_)),
+                    "val_map": score[0],
+                    "val_loss": score[1],
+                }
+            )
+            if progress:
+                progress(history[-1])
+            if val_pool is None or better(score, best[0]):
+                best = (score, epoch, copy.deepcopy(net.state_dict()))
+                stale = 0
+            else:
+                stale += 1
+            if stale >= fc.patience:
+                break
+            if time_limit is not None and time.perf_counter() - started > time_limit:
+                break
+        net.load_state_dict(best[2])
+        net.eval()
+        self.net = net
+        self.meta = {
+            "best_epoch": best[1],
+            "best_val_map": best[0][0],
+            "history": history,
+            "n_train_models": len(all_nets),
+            "n_train_tasks": len(keys),
+            "n_extra_models": len(keep),
+            "n_extra_dropped": len(extra_tasks) - len(keep),
+            "train_tasks": sorted(
+                {" vs ".join("+".join(map(str, s)) for s in k) for k in keys}  # type: ignore
+            ),
+            "val_tasks": sorted({t.name for t in val[1]}) if val is not None else [],
+            "fit_seconds": time.perf_counter() - started,
+        }
+        return self
+
+    # ---------------------------------------------------------------- use
+    def _need(self) -> LPSNet:
+        if self.net is None:
+            raise ParamsimError("this LPS model is not fitted; call fit or LPS.load first")
+        return self.net
+
+    def check(self, networks: Sequence[Network]) -> str | None:
+        return self._need().check(networks)
+
+    def embed(self, networks: Sequence[Network]) -> np.ndarray:
+        """float32 unit embeddings (n, emb_dim); cosine similarity = dot product."""
+        return self._need().embed(networks)
+
+    # ---------------------------------------------------------------- save / load
+    def save(self, directory: str | Path) -> Path:
+        """Write `lps.safetensors` (tensors only) and `lps.json` (config, format version);
+        each file lands atomically."""
+        from safetensors.torch import save_file
+
+        net = self._need()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+        doc = {
+            "format": "paramsim-lps",
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "fit_config": self.fit_config.to_dict(),
+            "meta": self.meta,
+        }
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        os.close(fd)
+        save_file(tensors, tmp)
+        os.replace(tmp, d / WEIGHTS_FILE)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, d / CONFIG_FILE)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LPS:
+        """Read a saved model; never unpickles. Incompatible versions raise ParamsimError."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfile, wfile = d / CONFIG_FILE, d / WEIGHTS_FILE
+        if not cfile.is_file() or not wfile.is_file():
+            raise ParamsimError(
+                f"{d} is not a saved LPS model (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                "create one with `paramsim fit ZOO --out DIR`"
+            )
+        try:
+            doc = json.loads(cfile.read_text())
+        except (OSError, ValueError) as exc:
+            raise ParamsimError(f"cannot read {cfile}: {exc}; refit the model") from exc
+        if doc.get("format") != "paramsim-lps":
+            raise ParamsimError(f"{cfile} is not a paramsim LPS config; refit the model")
+        version = doc.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ParamsimError(
+                f"{d} holds LPS format version {version}; this paramsim reads version "
+                f"{FORMAT_VERSION}; refit with `paramsim fit` or use a matching paramsim"
+            )
+        cfg = LPSConfig.from_dict(doc["config"])
+        net = LPSNet(cfg)
+        try:
+            state = load_file(str(wfile))
+            net.load_state_dict(state)
+        except Exception as exc:
+            raise ParamsimError(
+                f"cannot load weights from {wfile}: {exc}; refit the model"
+            ) from exc
+        net.eval()
+        return cls(cfg, FitConfig.from_dict(doc.get("fit_config", {})), net, doc.get("meta", {}))
+
+
+def fit_lps(
+    networks: Sequence[Network],
+    tasks: Sequence[Task],
+    val: tuple[Sequence[Network], Sequence[Task]] | None = None,
+    config: LPSConfig | None = None,
+    fit_config: FitConfig | None = None,
+    **kwargs,
+) -> LPS:
+    """Functional form of `LPS(config, fit_config).fit(networks, tasks, val=val, ...)`."""
+    return LPS(config, fit_config or FitConfig()).fit(networks, tasks, val=val, **kwargs)

@@ -1,0 +1,158 @@
+"""LPS behind the common `Method` interface, with the ablation variants the eval tables use."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from paramsim.data import Task
+from paramsim.features.base import Context, Method
+from paramsim.lps.config import FitConfig, LPSConfig
+from paramsim.lps.fit import LPS
+from paramsim.weights import Network
+
+# switches per variant; every variant shares the training recipe unless it says otherwise
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "lps": ({}, {}),
+    "lps-authors": (
+        dict(
+            flat_head=True,
+            signed_sqrt=False,
+            bias=False,
+            class_direction=False,
+            func_branch=False,
+        ),
+        dict(loss="ce", rescale_aug=0.0, noise_aug=0.0, branch_dropout=0.0),
+    ),
+    "lps-nochain": (dict(chain=False, class_direction=False, func_branch=False), {}),
+    "lps-first-order": (dict(second_order=False, func_branch=False), {}),
+    "lps-noweights": (dict(weight_branch=False), {}),
+    "lps-nofunc": (dict(func_branch=False), dict(branch_dropout=0.0)),
+}
+AUTHORS_MAX_INPUT = 256  # the flattened d x d Gram needs d^2 inputs per embedding unit
+
+
+@lru_cache(maxsize=2)
+def _zoo_training_set(path: str) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
+    from paramsim.zoo import Zoo
+
+    z = Zoo.open(path)
+    return tuple(z.networks()), tuple(z.tasks[int(t)] for t in z.task_ids)
+
+
+class LPSMethod(Method):
+    """Learned parameter similarity (weights only). `variant` picks an ablation.
+
+    `extra_zoo` (a zoo directory, e.g. digits-groups) adds training models; models whose
+    task could be a held-out task are dropped (see `paramsim.lps.fit.filter_extra`), and
+    `exclude_tasks` names tasks that must never train.
+    """
+
+    learned = True
+    weights_only = True
+
+    def __init__(
+        self,
+        variant: str = "lps",
+        fit_config: FitConfig | None = None,
+        extra_zoo: str | None = None,
+        exclude_tasks: Sequence[Task] | None = None,
+        **config_overrides,
+    ) -> None:
+        if variant not in VARIANTS:
+            from paramsim.errors import ParamsimError
+
+            raise ParamsimError(f"unknown LPS variant {variant!r}; choose from {list(VARIANTS)}")
+        self.name = variant
+        self.variant = variant
+        cfg_kw, fit_kw = VARIANTS[variant]
+        self.config_overrides = {**cfg_kw, **config_overrides}
+        base = fit_config or FitConfig()
+        self.fit_config = FitConfig.from_dict({**base.to_dict(), **fit_kw})
+        self.extra_zoo = extra_zoo
+        self.exclude_tasks = list(exclude_tasks) if exclude_tasks is not None else None
+        self.model: LPS | None = None
+
+    def _config(self, nets: Sequence[Network]) -> LPSConfig:
+        return LPSConfig(
+            input_shape=tuple(nets[0].input_shape),
+            n_outputs=nets[0].n_outputs,
+            **self.config_overrides,
+        )
+
+    def check(self, networks: Sequence[Network]) -> str | None:
+        if not networks:
+            return None
+        cfg = self._config(networks)
+        if cfg.flat_head and cfg.input_dim > AUTHORS_MAX_INPUT:
+            return (
+                f"lps-authors flattens a {cfg.input_dim}^2 Gram into one linear layer; "
+                f"only inputs up to {AUTHORS_MAX_INPUT} values are supported"
+            )
+        shapes = {tuple(n.input_shape) for n in networks}
+        if len(shapes) > 1:
+            return f"models have different input shapes {sorted(shapes)}"
+        if not cfg.func_branch and any(n.kind != "mlp" for n in networks):
+            return f"{self.name} reads MLP weights only; these models include CNNs"
+        return None
+
+    def fit(
+        self,
+        networks: Sequence[Network],
+        tasks: Sequence[Task],
+        context: Context | None = None,
+        val: tuple[Sequence[Network], Sequence[Task]] | None = None,
+    ) -> LPSMethod:
+        fc = self.fit_config
+        if context is not None:
+            fc = FitConfig.from_dict({**fc.to_dict(), "seed": context.seed})
+        extra_n: Sequence[Network] = ()
+        extra_t: Sequence[Task] = ()
+        if self.extra_zoo:
+            extra_n, extra_t = _zoo_training_set(str(self.extra_zoo))
+            if not self._config(networks).func_branch:
+                keep = [i for i, n in enumerate(extra_n) if n.kind == "mlp"]
+                extra_n = [extra_n[i] for i in keep]
+                extra_t = [extra_t[i] for i in keep]
+        self.model = LPS(self._config(networks), fc).fit(
+            networks,
+            tasks,
+            val=val,
+            extra_networks=extra_n,
+            extra_tasks=extra_t,
+            exclude_tasks=self.exclude_tasks,
+        )
+        return self
+
+    def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
+        if self.model is None:
+            from paramsim.errors import ParamsimError
+
+            raise ParamsimError(f"{self.name} is not fitted; call fit on training tasks first")
+        return self.model.embed(networks)
+
+    def __deepcopy__(self, memo):
+        """Copies share nothing mutable but the cached extra zoo (read-only networks)."""
+        new = copy.copy(self)
+        new.model = copy.deepcopy(self.model, memo)
+        new.config_overrides = dict(self.config_overrides)
+        return new
+
+
+def _factory(variant: str) -> Callable[[], Method]:
+    def make() -> Method:
+        return LPSMethod(variant)
+
+    make.__name__ = f"make_{variant.replace('-', '_')}"
+    return make
+
+
+LPS_METHODS: dict[str, Callable[[], Method]] = {v: _factory(v) for v in VARIANTS}
+
+
+def get_method(name: str = "lps") -> Method:
+    """An unfitted LPS method by variant name (what `paramsim eval --methods` resolves)."""
+    return LPSMethod(name)

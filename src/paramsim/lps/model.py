@@ -1,0 +1,271 @@
+"""The LPS network: trained networks in, one L2-normalised embedding per network out.
+
+Two branches, both invariant to permutations of hidden units:
+
+* weight space (MLPs): the chain X_1 = W_1^T, X_l = X_{l-1} W_l^T (biases carried as an extra
+  input row) lives in input x units space, so hidden permutations cancel in the Gram
+  X_l X_l^T. A learned U_l (input x r) projects it as (U_l^T X_l)(X_l^T U_l), never forming
+  the input x input matrix, and the chain carried to the outputs gives the signed
+  class-difference direction as a first-order feature.
+* function space (any architecture): learned probe inputs; a model is read through its logit
+  differences on the probes and the Gram of its (per-unit normalised) last hidden
+  activations on them.
+
+Each block is unit-normalised, weighted, and mapped linearly into the shared embedding
+space; the two branch embeddings are normalised and summed, so a model that only one branch
+can read (a CNN) still lands in the same space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from paramsim.errors import ParamsimError
+from paramsim.lps.config import LPSConfig
+from paramsim.weights import Network, NetworkStack, group_by_signature
+
+EPS = 1e-8
+
+
+def _triu_vec(s: torch.Tensor) -> torch.Tensor:
+    """Upper triangle of symmetric (..., n, n) with off-diagonals scaled by sqrt(2): the
+    Frobenius inner product of the matrices equals the dot product of the vectors."""
+    n = s.shape[-1]
+    iu = torch.triu_indices(n, n, device=s.device)
+    scale = torch.full((iu.shape[1],), math.sqrt(2.0), dtype=s.dtype, device=s.device)
+    scale[iu[0] == iu[1]] = 1.0
+    return s[..., iu[0], iu[1]] * scale
+
+
+def _signed_sqrt(x: torch.Tensor) -> torch.Tensor:
+    # shifted so the gradient stays finite at zero
+    return torch.sign(x) * (torch.sqrt(x.abs() + 1e-6) - 1e-3)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
+
+
+def _orthogonal_(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Orthonormal rows or columns (whichever fits), or the identity when square."""
+    rows, cols = w.shape
+    if rows == cols:
+        with torch.no_grad():
+            w.copy_(torch.eye(rows))
+        return w
+    a = torch.randn(max(rows, cols), min(rows, cols), generator=gen)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r))
+    with torch.no_grad():
+        w.copy_(q if rows > cols else q.T)
+    return w
+
+
+class LPSNet(nn.Module):
+    """Learnable parameter similarity network; see the module docstring for the design."""
+
+    def __init__(self, config: LPSConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.config = cfg = config
+        gen = torch.Generator().manual_seed(seed)
+        d = cfg.input_dim + (1 if cfg.bias else 0)
+        self.d = d
+        self.r = d if cfg.flat_head else min(cfg.rank, d)
+        emb = cfg.emb_dim
+        k = cfg.n_outputs
+        self.n_slots = (
+            (1 if not cfg.chain else cfg.max_hidden_depths + 1) if cfg.second_order else 0
+        )
+        if cfg.weight_branch:
+            if cfg.second_order:
+                tri = self.r * (self.r + 1) // 2
+                if cfg.flat_head:
+                    self.register_buffer("U", torch.eye(d).expand(self.n_slots, d, d).clone())
+                else:
+                    self.U = nn.Parameter(torch.empty(self.n_slots, d, self.r))
+                    for s in range(self.n_slots):
+                        _orthogonal_(self.U.data[s], gen)
+                self.gram_heads = nn.Parameter(torch.empty(self.n_slots, emb, tri))
+                for s in range(self.n_slots):
+                    _orthogonal_(self.gram_heads.data[s], gen)
+            if cfg.class_direction:
+                if not cfg.chain:
+                    raise ParamsimError("class_direction needs the chain (chain=True)")
+                self.V = nn.Parameter(_orthogonal_(torch.empty(d, self.r), gen))
+                kc = 1 if k == 2 else k
+                self.dir_head = nn.Parameter(_orthogonal_(torch.empty(emb, self.r * kc), gen))
+            n_blocks = self.n_slots + int(cfg.class_direction)
+            self.w_gain = nn.Parameter(torch.ones(n_blocks))
+        if cfg.func_branch:
+            c, h, w = cfg.input_shape
+            u = torch.rand(cfg.n_probes, c, h, w, generator=gen) * 0.9 + 0.05
+            self.probes_raw = nn.Parameter(torch.log(u / (1 - u)))
+            p = cfg.n_probes
+            if cfg.probe_logits:
+                kl = p if k == 2 else p * k
+                self.logit_head = nn.Parameter(_orthogonal_(torch.empty(emb, kl), gen))
+            if cfg.probe_gram:
+                self.pgram_head = nn.Parameter(
+                    _orthogonal_(torch.empty(emb, p * (p + 1) // 2), gen)
+                )
+            self.f_gain = nn.Parameter(torch.ones(int(cfg.probe_logits) + int(cfg.probe_gram)))
+        self.branch_gain = nn.Parameter(torch.ones(2))
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def probes(self) -> torch.Tensor:
+        """Probe inputs in the data range [0, 1]."""
+        return torch.sigmoid(self.probes_raw)
+
+    def can_read_weights(self, template: Network) -> bool:
+        return template.kind == "mlp" and all(lay.kind == "linear" for lay in template.layers)
+
+    def check(self, nets: Sequence[Network]) -> str | None:
+        """Why these networks cannot be embedded, or None."""
+        cfg = self.config
+        for n in nets:
+            if n.n_outputs != cfg.n_outputs:
+                return f"model has {n.n_outputs} outputs; this LPS model reads {cfg.n_outputs}"
+            if tuple(n.input_shape) != cfg.input_shape:
+                return (
+                    f"model input shape {tuple(n.input_shape)} differs from the LPS model's "
+                    f"{cfg.input_shape}; fit LPS on models of this input"
+                )
+            if not cfg.func_branch and not self.can_read_weights(n):
+                return "the weight-only LPS variant reads MLPs only; use a variant with probes"
+        return None
+
+    # ------------------------------------------------------------------ branches
+    def _chain(self, weights, biases) -> list[torch.Tensor]:
+        """Chain representation X_l (M, d(+1), units_l) after every layer."""
+        cfg = self.config
+        w1, b1 = weights[0], biases[0]
+        if cfg.flat_head:  # the authors' row normalisation
+            # rows of W^T, i.e. each input unit's outgoing weights
+            weights = [w / w.norm(dim=-2, keepdim=True).clamp_min(EPS) for w in weights]
+            w1 = weights[0]
+        x = w1.transpose(1, 2)  # (M, d, h1)
+        if cfg.bias:
+            x = torch.cat([x, b1[:, None, :]], dim=1)
+        out = [x]
+        for w, b in zip(weights[1:], biases[1:], strict=True):
+            x = x @ w.transpose(1, 2)
+            if cfg.bias:
+                x = torch.cat([x[:, :-1], x[:, -1:] + b[:, None, :]], dim=1)
+            out.append(x)
+        return out
+
+    def _weight_branch(self, weights, biases) -> torch.Tensor:
+        cfg = self.config
+        xs = self._chain(weights, biases)
+        hidden, final = xs[:-1], xs[-1]
+        m = final.shape[0]
+        blocks: list[torch.Tensor] = []
+        if cfg.second_order:
+            # slot s < n_slots - 1: hidden depth s + 1; the last slot: the outputs
+            if cfg.chain:
+                pairs = [(i, x, True) for i, x in enumerate(hidden[: cfg.max_hidden_depths])]
+                pairs.append((self.n_slots - 1, final, False))
+            else:
+                pairs = [(0, hidden[0], True)] if hidden else [(0, final, False)]
+            blocks = [torch.zeros(m, cfg.emb_dim, dtype=final.dtype)] * self.n_slots
+            for s, x, is_hidden in pairs:
+                if cfg.unit_columns and is_hidden:
+                    x = x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
+                z = self.U[s].T @ x  # (M, r, units): never the d x d Gram
+                v = _triu_vec(z @ z.transpose(1, 2))
+                if cfg.signed_sqrt:
+                    v = _signed_sqrt(v)
+                blocks[s] = _unit(v) @ self.gram_heads[s].T
+        if cfg.class_direction:
+            k = final.shape[2]
+            if k == 2:
+                c = (final[:, :, 1] - final[:, :, 0])[:, :, None]
+            else:
+                c = final - final.mean(dim=2, keepdim=True)
+            v = (self.V.T @ c).transpose(1, 2).reshape(m, -1)
+            blocks.append(_unit(v) @ self.dir_head.T)
+        stacked = torch.stack(blocks, 1)  # (M, blocks, emb)
+        return (stacked * self.w_gain[None, :, None]).sum(1)
+
+    def _func_branch(self, stack: NetworkStack) -> torch.Tensor:
+        cfg = self.config
+        logits, hidden = stack.forward(self.probes, return_hidden=True)
+        blocks = []
+        if cfg.probe_logits:
+            if logits.shape[-1] == 2:
+                f = logits[..., 1] - logits[..., 0]
+            else:
+                f = (logits - logits.mean(-1, keepdim=True)).flatten(1)
+            blocks.append(_unit(f) @ self.logit_head.T)
+        if cfg.probe_gram:
+            h = hidden[-1] if hidden else logits
+            m, p = h.shape[:2]
+            if h.dim() == 5:  # (M, P, C, H, W): a channel is a unit seen at every position
+                h = h.transpose(1, 2).reshape(m, h.shape[2], -1)  # (M, C, P*H*W)
+                h = h / h.norm(dim=-1, keepdim=True).clamp_min(EPS)
+                h = h.reshape(m, -1, p, h.shape[-1] // p).permute(0, 2, 1, 3).reshape(m, p, -1)
+            else:  # (M, P, units): normalise each unit over the probes
+                h = h / h.norm(dim=1, keepdim=True).clamp_min(EPS)
+            h = h - h.mean(dim=1, keepdim=True)
+            g = h @ h.transpose(1, 2)
+            blocks.append(_unit(_triu_vec(g)) @ self.pgram_head.T)
+        stacked = torch.stack(blocks, 1)
+        return (stacked * self.f_gain[None, :, None]).sum(1)
+
+    # ------------------------------------------------------------------ forward
+    def forward_stack(
+        self,
+        template: Network,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor],
+        keep_weight_branch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embeddings (M, emb_dim) of stacked networks sharing `template`'s architecture.
+
+        `keep_weight_branch` (M,) of 0/1 drops the weight branch per model (training only).
+        """
+        cfg = self.config
+        m = weights[0].shape[0]
+        out = torch.zeros(m, cfg.emb_dim, dtype=weights[0].dtype)
+        if cfg.weight_branch and self.can_read_weights(template):
+            ew = _unit(self._weight_branch(weights, biases))
+            if keep_weight_branch is not None:
+                ew = ew * keep_weight_branch[:, None]
+            out = out + self.branch_gain[0] * ew
+        if cfg.func_branch:
+            stack = NetworkStack(template, tuple(weights), tuple(biases))
+            out = out + self.branch_gain[1] * _unit(self._func_branch(stack))
+        return _unit(out)
+
+    def forward(self, nets: Sequence[Network], batch_size: int = 4096) -> torch.Tensor:
+        """Embeddings (len(nets), emb_dim), in the order given; models of any architecture."""
+        why = self.check(nets)
+        if why:
+            raise ParamsimError(why)
+        out = torch.empty(len(nets), self.config.emb_dim)
+        for idx in group_by_signature(nets):
+            for start in range(0, len(idx), batch_size):
+                part = idx[start : start + batch_size]
+                stack = NetworkStack.from_networks([nets[i] for i in part])
+                out[part] = self.forward_stack(stack.template, stack.weights, stack.biases)
+        return out
+
+    @torch.no_grad()
+    def embed(self, nets: Sequence[Network], batch_size: int = 4096) -> np.ndarray:
+        """float32 (n, emb_dim) unit vectors; cosine similarity is their dot product."""
+        was = self.training
+        self.eval()
+        try:
+            return self.forward(nets, batch_size).numpy().astype(np.float32)
+        finally:
+            self.train(was)
+
+    def n_head_params(self) -> int:
+        """Parameters of the learned map (the probes excluded)."""
+        return sum(p.numel() for n, p in self.named_parameters() if n != "probes_raw")
