@@ -183,3 +183,27 @@ def test_evaluate_zoo_with_registered_methods():
     assert "flat-test" in res["methods"]
     assert res["method_order"] == ["flat-test", "lps"]
     assert "lps" in res["methods"] or "lps" in res["skipped"]
+
+
+class DuckLearned:
+    """Not a Method: fit without context, embed without context (like an external class)."""
+
+    def __init__(self):
+        self.seen_val = None
+
+    def fit(self, networks, tasks, val=None):
+        self.seen_val = val
+        return self
+
+    def embed(self, networks):
+        return FlatMethod().embed(networks, Context())
+
+
+def test_adapter_wraps_duck_typed_learned_methods(setup):
+    nets, model_tasks, splits = setup
+    m = protocol.as_method(DuckLearned(), "duck")
+    assert m.learned and m.weights_only and m.name == "duck"
+    res = evaluate(nets, model_tasks, {"duck": m}, splits, on_error="raise")
+    flat = evaluate(nets, model_tasks, [FlatMethod()], splits)["methods"]["flat-test"]
+    assert res["methods"]["duck"]["map"]["mean"] == pytest.approx(flat["map"]["mean"])
+    assert m.obj.seen_val is None  # the prototype stayed unfitted; copies were fitted

@@ -29,7 +29,7 @@ import numpy as np
 from paramsim.data import Task, relation_matrix
 from paramsim.errors import ParamsimError
 from paramsim.eval import metrics
-from paramsim.features.base import Context, Method
+from paramsim.features.base import Context, Method, cosine_matrix
 from paramsim.weights import Network
 
 SCORES = ("map", "rank1", "rank5", "rank10", "auc", "relation_spearman", "classification")
@@ -479,6 +479,58 @@ def known_method_names() -> list[str]:
     return names
 
 
+def _call_with_optional(fn: Callable, *args: Any, **optional: Any) -> Any:
+    """Call `fn(*args)` passing only the optional keywords its signature accepts."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kw = {k: v for k, v in optional.items() if var_kw or k in params}
+    return fn(*args, **kw)
+
+
+class MethodAdapter(Method):
+    """Wrap an object with fit/embed (or similarity) that is not a `Method` subclass.
+
+    `embed` and `similarity` may or may not take a context; `fit` may or may not take one
+    or a `val` argument. The wrapped object is deep-copied with the adapter, so every split
+    still fits a fresh copy.
+    """
+
+    def __init__(self, obj: Any, name: str, learned: bool | None = None) -> None:
+        self.obj = obj
+        self.name = name
+        self.learned = bool(
+            getattr(obj, "learned", hasattr(obj, "fit")) if learned is None else learned
+        )
+        self.weights_only = bool(getattr(obj, "weights_only", True))
+
+    def check(self, networks: Sequence[Network]) -> str | None:
+        fn = getattr(self.obj, "check", None)
+        return fn(networks) if callable(fn) else None
+
+    def fit(self, networks, tasks, context, val=None) -> MethodAdapter:
+        fitted = _call_with_optional(self.obj.fit, networks, tasks, context=context, val=val)
+        if fitted is not None:
+            self.obj = fitted
+        return self
+
+    def embed(self, networks: Sequence[Network], context: Context) -> np.ndarray:
+        return np.asarray(_call_with_optional(self.obj.embed, networks, context=context))
+
+    def similarity(self, networks: Sequence[Network], context: Context) -> np.ndarray:
+        fn = getattr(self.obj, "similarity", None)
+        if callable(fn):
+            return np.asarray(_call_with_optional(fn, networks, context=context))
+        return cosine_matrix(self.embed(networks, context))
+
+
+def as_method(obj: Any, name: str) -> Method:
+    """`obj` itself when it is a Method, else a `MethodAdapter` around it."""
+    return obj if isinstance(obj, Method) else MethodAdapter(obj, name)
+
+
 def _lps_method() -> Method | str:
     try:
         import paramsim.lps as lps
@@ -488,13 +540,13 @@ def _lps_method() -> Method | str:
         fn = getattr(lps, attr, None)
         if callable(fn):
             try:
-                return fn("lps") if attr == "get_method" else fn()
+                return as_method(fn("lps") if attr == "get_method" else fn(), "lps")
             except TypeError:
-                return fn()
-    for attr in ("LPS", "LPSMethod"):
+                return as_method(fn(), "lps")
+    for attr in ("LPSMethod", "LPS"):
         cls = getattr(lps, attr, None)
         if isinstance(cls, type):
-            return cls()
+            return as_method(cls(), "lps")
     return "paramsim.lps has no get_method, make_method, LPS or LPSMethod to build it from"
 
 
@@ -505,12 +557,13 @@ def resolve_method(name: str) -> Method | str:
     paramsim.lps (imported lazily), then `paramsim.features.get_method`.
     """
     if name in _FACTORIES:
-        return _FACTORIES[name]()
+        got = _FACTORIES[name]()
+        return got if isinstance(got, str) else as_method(got, name)
     if name == "lps":
         return _lps_method()
     fixed = fixed_method_names()
     try:
-        return _features().get_method(name)
+        return as_method(_features().get_method(name), name)
     except ParamsimError:
         raise
     except Exception as exc:
@@ -601,7 +654,9 @@ def evaluate_zoo(
             methods[name] = got
     needs_data = any(not getattr(m, "weights_only", True) for m in methods.values())
     context = Context(dataset=zoo.dataset() if needs_data else None, seed=seed)
+    t0 = time.perf_counter()
     networks = zoo.networks()
+    load_seconds = time.perf_counter() - t0
     if progress:
         for name in skipped:
             for i in range(n_splits):
@@ -617,6 +672,7 @@ def evaluate_zoo(
         **evaluate_options,
     )
     results["skipped"] = {**skipped, **results["skipped"]}
+    results["load_seconds"] = load_seconds
     order = {n: i for i, n in enumerate(names)}
     results["method_order"] = sorted(
         list(results["methods"]) + list(results["skipped"]), key=lambda n: order.get(n, 1e9)

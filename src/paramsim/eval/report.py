@@ -143,11 +143,13 @@ def plot_cmc(results: Mapping[str, Any]) -> bytes | None:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
         for name, c in curves.items():
             ax.plot(np.arange(1, len(c) + 1), c, marker=".", label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("rank k")
         ax.set_ylabel("queries with a same-task hit in the top k")
         ax.set_ylim(0, 1.02)
