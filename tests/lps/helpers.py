@@ -36,15 +36,6 @@ def random_cnn(channels: tuple[int, ...], seed: int, n_out: int = 2) -> Network:
     return Network(tuple(layers), (1, 8, 8), ())
 
 
-def permute_hidden(net: Network, layer: int, perm: torch.Tensor) -> Network:
-    """Reorder the units (channels) of hidden layer `layer`: the function is unchanged."""
-    layers = list(net.layers)
-    a, b = layers[layer], layers[layer + 1]
-    layers[layer] = Layer(a.kind, a.weight[perm], a.bias[perm], a.padding, a.post)
-    layers[layer + 1] = Layer(b.kind, b.weight[:, perm], b.bias, b.padding, b.post)
-    return Network(tuple(layers), net.input_shape, net.input_ops)
-
-
 def rescale_hidden(net: Network, layer: int, scale: torch.Tensor) -> Network:
     """Scale unit i of hidden layer `layer` by a_i > 0 and its outgoing weights by 1/a_i."""
     layers = list(net.layers)

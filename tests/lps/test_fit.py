@@ -1,0 +1,132 @@
+"""Training, reproducibility, leak guard and save/load of LPS, on tiny random zoos."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from paramsim.data import Task
+from paramsim.errors import ParamsimError
+from paramsim.lps import LPS, FitConfig, LPSConfig, filter_extra, retrieval_map
+from paramsim.weights import Layer, Network
+from tests.lps.helpers import random_mlp
+
+FAST = FitConfig(epochs=3, patience=5, tasks_per_batch=4, models_per_task=3)
+CFG = LPSConfig(emb_dim=16, rank=16, n_probes=8)
+
+
+def _task(a: int, b: int) -> Task:
+    return Task(((a,), (b,)))
+
+
+def tiny_zoo(n_tasks: int = 6, per_task: int = 4, seed: int = 0):
+    """Models of one 'task' share a prototype plus noise, so tasks are learnable."""
+    nets, tasks = [], []
+    for t in range(n_tasks):
+        proto = random_mlp((12, 2), 1000 * seed + t)
+        for k in range(per_task):
+            g = torch.Generator().manual_seed(10_000 * seed + 100 * t + k)
+            layers = tuple(
+                Layer(
+                    lay.kind,
+                    lay.weight
+                    + 0.3 * lay.weight.std() * torch.randn(lay.weight.shape, generator=g),
+                    lay.bias,
+                    post=lay.post,
+                )
+                for lay in proto.layers
+            )
+            nets.append(Network(layers, proto.input_shape, proto.input_ops))
+            tasks.append(_task(t % 10, (t + 1 + t // 10) % 10))
+    return nets, tasks
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    nets, tasks = tiny_zoo()
+    vn, vt = tiny_zoo(3, 3, seed=1)
+    vt = [
+        _task(7, 9),
+        _task(7, 9),
+        _task(7, 9),
+        _task(2, 9),
+        _task(2, 9),
+        _task(2, 9),
+        _task(3, 9),
+        _task(3, 9),
+        _task(3, 9),
+    ]
+    return LPS(CFG, FAST).fit(nets, tasks, val=(vn, vt)), nets, tasks, (vn, vt)
+
+
+def test_fit_records_history_and_embeds_unit_vectors(fitted):
+    model, nets, tasks, _ = fitted
+    assert [h["epoch"] for h in model.meta["history"]][0] == 0
+    assert 0 <= model.meta["best_epoch"] <= FAST.epochs
+    e = model.embed(nets)
+    assert e.shape == (len(nets), 16) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    labels = [t.name for t in tasks]
+    assert retrieval_map(e, labels) > 0.5  # tasks are prototypes + noise: easy to tell apart
+
+
+def test_same_seed_same_weights(fitted):
+    model, nets, tasks, val = fitted
+    again = LPS(CFG, FAST).fit(nets, tasks, val=val)
+    for k, v in model.net.state_dict().items():
+        torch.testing.assert_close(v, again.net.state_dict()[k], rtol=0, atol=0)
+    other = LPS(CFG, FitConfig(**{**FAST.to_dict(), "seed": 1})).fit(nets, tasks, val=val)
+    assert not torch.equal(other.net.probes_raw, model.net.probes_raw)
+
+
+@pytest.mark.parametrize("loss", ["multisim", "ce"])
+def test_other_losses_train(loss):
+    nets, tasks = tiny_zoo(4, 3)
+    fc = FitConfig(**{**FAST.to_dict(), "loss": loss, "epochs": 1, "val_fraction": 0.0})
+    model = LPS(CFG, fc).fit(nets, tasks)
+    assert np.isfinite(model.meta["history"][-1]["loss"])
+
+
+def test_unknown_loss_is_a_clear_error():
+    nets, tasks = tiny_zoo(3, 2)
+    with pytest.raises(ParamsimError, match="unknown loss"):
+        LPS(CFG, FitConfig(loss="triplet", epochs=1)).fit(nets, tasks)
+
+
+def test_save_load_roundtrip_and_version_check(fitted, tmp_path):
+    model, nets, _, _ = fitted
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["lps.json", "lps.safetensors"]
+    back = LPS.load(tmp_path / "m")
+    np.testing.assert_allclose(back.embed(nets), model.embed(nets), atol=1e-6)
+    doc = json.loads((tmp_path / "m" / "lps.json").read_text())
+    doc["format_version"] = 99
+    (tmp_path / "m" / "lps.json").write_text(json.dumps(doc))
+    with pytest.raises(ParamsimError, match="version 99"):
+        LPS.load(tmp_path / "m")
+    with pytest.raises(ParamsimError, match="not a saved LPS model"):
+        LPS.load(tmp_path / "nothing")
+
+
+def test_extra_tasks_never_leak_held_out_pairs():
+    train = [_task(0, 1), _task(2, 3)]
+    extra = [_task(0, 1), _task(5, 4), Task(((0, 1), (2,))), _task(6, 7)]
+    # explicit held-out tasks: exact sides in either order are dropped
+    assert filter_extra(extra, train, exclude=[_task(4, 5)]) == [0, 2, 3]
+    # unknown held-out tasks: unseen pairs could be held out, so they are dropped
+    assert filter_extra(extra, train, exclude=None) == [0, 2]
+
+
+def test_fit_drops_extra_models_of_validation_tasks():
+    nets, tasks = tiny_zoo(4, 3)
+    vn, vt = tiny_zoo(2, 3, seed=2)
+    extra_n, _ = tiny_zoo(2, 2, seed=3)
+    extra_t = [vt[0], vt[0], Task(((0, 1), (2,))), Task(((0, 1), (2,)))]
+    fc = FitConfig(**{**FAST.to_dict(), "epochs": 1})
+    model = LPS(CFG, fc).fit(
+        nets, tasks, val=(vn, vt), extra_networks=extra_n, extra_tasks=extra_t, exclude_tasks=[]
+    )
+    assert model.meta["n_extra_models"] == 2 and model.meta["n_extra_dropped"] == 2

@@ -1,0 +1,106 @@
+"""Symmetry properties of the LPS network, checked on random networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paramsim.errors import ParamsimError
+from paramsim.lps import LPSConfig, LPSNet
+from paramsim.weights import permute_hidden
+from tests.lps.helpers import random_cnn, random_mlp, rescale_hidden
+
+NETS = {
+    "lps": LPSNet(LPSConfig(), seed=1),
+    "nofunc": LPSNet(LPSConfig(func_branch=False), seed=1),
+    "noweights": LPSNet(LPSConfig(weight_branch=False), seed=1),
+    "unitcols": LPSNet(LPSConfig(func_branch=False, unit_columns=True), seed=1),
+}
+ARCHS = [(16, 2), (32, 32, 2), (24, 16, 8, 2)]
+
+
+@settings(max_examples=15, deadline=None)
+@given(arch=st.sampled_from(ARCHS), seed=st.integers(0, 10_000), which=st.sampled_from(list(NETS)))
+def test_hidden_permutation_leaves_embedding_unchanged(arch, seed, which):
+    net = random_mlp(arch, seed)
+    perm = permute_hidden(net, generator=seed + 1)
+    e = NETS[which].embed([net, perm])
+    np.testing.assert_allclose(e[0], e[1], atol=2e-5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_cnn_channel_permutation_leaves_embedding_unchanged(seed):
+    net = random_cnn((4, 6), seed)
+    e = NETS["lps"].embed([net, permute_hidden(net, generator=seed)])
+    np.testing.assert_allclose(e[0], e[1], atol=2e-5)
+
+
+def _rescaled(arch, seed, layer):
+    net = random_mlp(arch, seed)
+    g = torch.Generator().manual_seed(seed)
+    a = torch.exp(torch.rand(net.layers[layer].units, generator=g) * 2 - 1)
+    return net, rescale_hidden(net, layer, a)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    arch=st.sampled_from(ARCHS),
+    seed=st.integers(0, 10_000),
+    which=st.sampled_from(["noweights", "unitcols"]),
+)
+def test_relu_rescaling_invariance(arch, seed, which):
+    """The function branch reads the function; unit_columns makes the weight branch invariant."""
+    net, resc = _rescaled(arch, seed, 0)
+    x = torch.rand(5, 1, 8, 8)
+    torch.testing.assert_close(net(x), resc(x), atol=1e-5, rtol=1e-5)
+    e = NETS[which].embed([net, resc])
+    np.testing.assert_allclose(e[0], e[1], atol=2e-5)
+
+
+def test_relu_rescaling_changes_only_the_rescaled_depth_of_the_default_weight_branch():
+    """Documented behaviour: the chain past a rescaled layer cancels the scales; the Gram at
+    that layer's own depth does not, so the default weight branch moves (a little)."""
+    net, resc = _rescaled((32, 32, 2), 3, 0)
+    e = NETS["nofunc"].embed([net, resc])
+    assert 1e-4 < np.linalg.norm(e[0] - e[1]) < 1.0
+    out_only = LPSNet(LPSConfig(func_branch=False, max_hidden_depths=0), seed=1)
+    e = out_only.embed([net, resc])
+    np.testing.assert_allclose(e[0], e[1], atol=2e-5)
+
+
+def test_different_widths_and_cnns_share_one_space():
+    nets = [random_mlp((16, 2), 0), random_mlp((48, 24, 16, 2), 1), random_cnn((4, 8), 2)]
+    e = NETS["lps"].embed(nets)
+    assert e.shape == (3, 128)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+
+
+def test_probes_stay_in_data_range_and_get_gradients():
+    net = LPSNet(LPSConfig(), seed=0)
+    probes = net.probes.detach()
+    assert float(probes.min()) >= 0.0 and float(probes.max()) <= 1.0
+    emb = net.forward([random_mlp((16, 2), s) for s in range(3)])
+    emb.sum().backward()
+    assert net.probes_raw.grad is not None and float(net.probes_raw.grad.abs().sum()) > 0
+
+
+def test_no_layer_reads_d_squared_inputs():
+    """The paper's MLP (3072 inputs): the head stays under 1% of the authors' linear layer."""
+    cfg = LPSConfig(input_shape=(3, 32, 32), func_branch=False)
+    net = LPSNet(cfg)
+    authors = 3072**2 * cfg.emb_dim
+    assert net.n_head_params() < 0.01 * authors
+    assert all(p.shape[-1] < 3072**2 // 100 for p in net.parameters())
+
+
+def test_check_rejects_other_inputs():
+    net = LPSNet(LPSConfig(), seed=0)
+    other = random_mlp((8, 2), 0, input_shape=(1, 4, 4))
+    assert "input shape" in net.check([other])
+    with pytest.raises(ParamsimError):
+        net.embed([other])
+    assert "MLP" in NETS["nofunc"].check([random_cnn((4,), 0)])
