@@ -159,16 +159,11 @@ def test_registry_and_names(monkeypatch):
 
 
 def test_lps_unavailable_gives_reason(monkeypatch):
-    import builtins
+    import sys
 
-    real = builtins.__import__
-
-    def fake(name, *args, **kwargs):
-        if name == "paramsim.lps":
-            raise ImportError("not built yet")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake)
+    monkeypatch.setitem(sys.modules, "paramsim.lps", None)  # makes the import fail
+    monkeypatch.delitem(protocol._FACTORIES, "lps", raising=False)
+    assert "lps" in protocol.known_method_names()
     reason = protocol.resolve_method("lps")
     assert isinstance(reason, str) and "not available" in reason
 

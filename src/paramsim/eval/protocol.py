@@ -471,7 +471,22 @@ def fixed_method_names() -> list[str]:
     return [m if isinstance(m, str) else getattr(m, "name", str(m)) for m in FIXED_METHODS]
 
 
+_PLUGINS = ("paramsim.lps",)  # packages that register their methods on import
+
+
+def _load_plugins() -> None:
+    """Import optional method packages so that their `register_method` calls run."""
+    import importlib
+
+    for mod in _PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except Exception:  # an unavailable plugin is reported when its name is resolved
+            continue
+
+
 def known_method_names() -> list[str]:
+    _load_plugins()
     names = list(_FACTORIES)
     names += [n for n in fixed_method_names() if n not in names]
     if "lps" not in names:
@@ -556,6 +571,8 @@ def resolve_method(name: str) -> Method | str:
     Unknown names raise ParamsimError. Order: registered factories, then "lps" from
     paramsim.lps (imported lazily), then `paramsim.features.get_method`.
     """
+    if name not in _FACTORIES:
+        _load_plugins()
     if name in _FACTORIES:
         got = _FACTORIES[name]()
         return got if isinstance(got, str) else as_method(got, name)
