@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.lps.helpers import random_mlp
 
 from paramsim.data import Task
 from paramsim.errors import ParamsimError
 from paramsim.lps import LPS, FitConfig, LPSConfig, filter_extra, retrieval_map
 from paramsim.weights import Layer, Network
-from tests.lps.helpers import random_mlp
 
 FAST = FitConfig(epochs=3, patience=5, tasks_per_batch=4, models_per_task=3)
 CFG = LPSConfig(emb_dim=16, rank=16, n_probes=8)

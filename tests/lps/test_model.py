@@ -7,11 +7,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.lps.helpers import random_cnn, random_mlp, rescale_hidden
 
 from paramsim.errors import ParamsimError
 from paramsim.lps import LPSConfig, LPSNet
 from paramsim.weights import permute_hidden
-from tests.lps.helpers import random_cnn, random_mlp, rescale_hidden
 
 NETS = {
     "lps": LPSNet(LPSConfig(), seed=1),
