@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import pickle
-import zipfile
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,28 +105,45 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ArchSpec | N
 
 def _read_torch(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # protocol notices are noise next to our own errors
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if "weights_only" in text or "WeightsUnpickler" in text:
             raise ParamsimError(
-                f"{path} holds Python objects beyond tensors (refused, nothing was run): "
-                f"{_short(exc)}; re-save it as a plain state_dict or as .safetensors"
+                f"{path} holds Python objects or code beyond tensors, so it was refused and "
+                f"nothing was run ({_refusal(text)}); re-save it as a plain state_dict or as "
+                ".safetensors"
             ) from exc
-        raise ParamsimError(f"{path} is not a PyTorch checkpoint ({first})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ParamsimError(f"{path} is not a PyTorch checkpoint ({_short(exc)})") from exc
+    except Exception as exc:  # torch raises many types on damaged files (KeyError, ...)
         raise ParamsimError(
             f"{path} is not a readable PyTorch checkpoint ({_short(exc)}); is it truncated?"
         ) from exc
 
 
+def _refusal(text: str) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to disable it."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if m:
+        return f"refused global {m.group(1)}"
+    m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    return m.group(1).strip().rstrip(".") if m else "refused by the weights-only unpickler"
+
+
 def _short(exc: BaseException) -> str:
+    """The informative part of a multi-line torch error, on one line."""
     lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
-    # torch's refusal message puts the offending global on a line of its own
-    for line in lines:
-        if line.startswith(("WeightsUnpickler error", "Unsupported global")):
-            return line
-    return lines[0] if lines else type(exc).__name__
+    keep = [
+        line
+        for line in lines
+        if line.startswith(("Missing key", "Unexpected key")) or "size mismatch" in line
+    ]
+    text = "; ".join(keep) if keep else (lines[0].split(". ")[0] if lines else "")
+    if len(text) < 12:  # bare KeyError / EOFError messages say nothing on their own
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _unwrap(obj: Any, where: str) -> dict[str, torch.Tensor]:
