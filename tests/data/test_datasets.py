@@ -1,0 +1,141 @@
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from paramsim.data import Task, group_tasks, load_cifar, load_digits, load_idx, pair_tasks
+from paramsim.errors import ParamsimError
+
+
+def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
+    codes = {np.dtype(np.uint8): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    data = header + array.tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+def make_idx_dir(tmp_path, gz=False):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(
+            tmp_path / f"{prefix}-images-idx3-ubyte",
+            rng.integers(0, 256, (n, 5, 5), dtype=np.uint8),
+            gz,
+        )
+        write_idx(
+            tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 4, n, dtype=np.uint8), gz
+        )
+    return tmp_path
+
+
+def test_digits_split_is_fixed_stratified_and_in_unit_range():
+    a, b = load_digits(), load_digits()
+    assert torch.equal(a.x_train, b.x_train) and a.input_shape == (1, 8, 8)
+    assert a.x_train.min() >= 0 and a.x_train.max() <= 1
+    train_counts = torch.bincount(a.y_train, minlength=10).float()
+    test_counts = torch.bincount(a.y_test, minlength=10).float()
+    ratio = test_counts / (train_counts + test_counts)
+    assert torch.all((ratio - 0.3).abs() < 0.02)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_directory_loads(tmp_path, gz):
+    ds = load_idx(make_idx_dir(tmp_path, gz))
+    assert ds.x_train.shape == (40, 1, 5, 5) and ds.x_test.shape == (20, 1, 5, 5)
+    assert ds.x_train.max() <= 1.0 and ds.y_train.dtype == torch.int64
+
+
+def test_idx_missing_file_names_expected_files(tmp_path):
+    make_idx_dir(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(ParamsimError, match="t10k-labels-idx1-ubyte"):
+        load_idx(tmp_path)
+
+
+def test_idx_truncated_and_bad_magic_are_named(tmp_path):
+    make_idx_dir(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(ParamsimError, match="truncated"):
+        load_idx(tmp_path)
+    path.write_bytes(b"\x01\x02\x03\x04junk")
+    with pytest.raises(ParamsimError, match="not an IDX file"):
+        load_idx(tmp_path)
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ParamsimError, match="does not exist"):
+        load_idx(tmp_path / "nope")
+
+
+def _cifar100(tmp_path, n=10):
+    rng = np.random.default_rng(0)
+    for name in ("train", "test"):
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"fine_labels": list(rng.integers(0, 100, n)),
+        }
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f)
+    return tmp_path
+
+
+def test_cifar100_pickles_load(tmp_path):
+    ds = load_cifar(_cifar100(tmp_path), 100)
+    assert ds.x_train.shape == (10, 3, 32, 32) and ds.n_classes == 100
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("open('pwned', 'w').write('x')",))
+
+
+def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _cifar100(tmp_path)
+    with open(tmp_path / "train", "wb") as f:
+        pickle.dump({b"data": _Evil(), b"fine_labels": []}, f)
+    with pytest.raises(ParamsimError, match="not a valid CIFAR pickle"):
+        load_cifar(tmp_path, 100)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cifar_missing_files_are_listed(tmp_path):
+    with pytest.raises(ParamsimError, match="data_batch_1"):
+        load_cifar(tmp_path, 10)
+
+
+def test_pair_tasks_and_relations():
+    assert len(pair_tasks(10)) == 45
+    disjoint = pair_tasks(10, "disjoint")
+    assert [t.sides for t in disjoint[:2]] == [((0,), (1,)), ((2,), (3,))]
+    a, b = Task.parse("0-1"), Task.parse("1-5")
+    assert a.shared_classes(b) == 1 and a.shared_classes(a) == 2
+    with pytest.raises(ParamsimError):
+        pair_tasks(10, "3-12")
+    with pytest.raises(ParamsimError):
+        Task.parse("3-3")
+
+
+def test_group_tasks_never_contain_plain_pairs_and_are_seeded():
+    tasks = group_tasks(10, 50, seed=1)
+    assert len({t.sides for t in tasks}) == 50
+    assert all(len(t.classes) >= 3 for t in tasks)
+    assert [t.sides for t in tasks] == [t.sides for t in group_tasks(10, 50, seed=1)]
+
+
+def test_task_subset_relabels_by_side():
+    t = Task(((3, 4), (7,)))
+    x = torch.arange(6).float()
+    y = torch.tensor([3, 7, 1, 4, 7, 0])
+    xs, ys = t.subset(x, y)
+    assert xs.tolist() == [0, 1, 3, 4] and ys.tolist() == [0, 1, 0, 1]
