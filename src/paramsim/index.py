@@ -1,0 +1,131 @@
+"""A search index over model embeddings: exact inner product (faiss IndexFlatIP) on
+L2-normalised vectors, so scores are cosine similarities; ids and task names travel with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from paramsim.errors import ParamsimError
+
+INDEX_FILE = "index.faiss"
+META_FILE = "index.json"
+INDEX_FORMAT_VERSION = 1
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ParamsimError(f"embeddings must be a 2-d array (n, dim), got shape {x.shape}")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class EmbeddingIndex:
+    """Add embeddings with integer ids (and optional task names); search by cosine."""
+
+    def __init__(self, dim: int, meta: dict | None = None) -> None:
+        import faiss
+
+        self.dim = int(dim)
+        self._index = faiss.IndexFlatIP(self.dim)
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.tasks: list[str] = []
+        self.meta = dict(meta or {})
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(
+        self, emb: np.ndarray, ids: Sequence[int] | None = None, tasks: Sequence[str] | None = None
+    ) -> None:
+        x = _unit(emb)
+        if x.shape[1] != self.dim:
+            raise ParamsimError(f"embeddings have {x.shape[1]} dims; the index holds {self.dim}")
+        ids_a = (
+            np.arange(len(self), len(self) + len(x), dtype=np.int64)
+            if ids is None
+            else np.asarray(ids, dtype=np.int64)
+        )
+        if len(ids_a) != len(x):
+            raise ParamsimError(f"{len(x)} embeddings but {len(ids_a)} ids")
+        names = list(tasks) if tasks is not None else [""] * len(x)
+        if len(names) != len(x):
+            raise ParamsimError(f"{len(x)} embeddings but {len(names)} task names")
+        self._index.add(x)
+        self.ids = np.concatenate([self.ids, ids_a])
+        self.tasks += [str(t) for t in names]
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n_queries, k), best first; cosine scores; -1 pads missing."""
+        q = _unit(np.atleast_2d(queries))
+        if q.shape[1] != self.dim:
+            raise ParamsimError(f"queries have {q.shape[1]} dims; the index holds {self.dim}")
+        k = max(1, min(int(k), len(self))) if len(self) else 1
+        scores, pos = self._index.search(q, k)
+        ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
+        return scores, ids
+
+    def task_of(self, model_id: int) -> str:
+        where = np.flatnonzero(self.ids == model_id)
+        return self.tasks[int(where[0])] if len(where) else ""
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the faiss index and a JSON of ids, task names and metadata; the directory is
+        replaced atomically, so a reader never sees half an index."""
+        import faiss
+
+        d = Path(directory)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=f".{d.name}."))
+        try:
+            faiss.write_index(self._index, str(tmp / INDEX_FILE))
+            doc = {
+                "format": "paramsim-index",
+                "format_version": INDEX_FORMAT_VERSION,
+                "dim": self.dim,
+                "ids": self.ids.tolist(),
+                "tasks": self.tasks,
+                "meta": self.meta,
+            }
+            (tmp / META_FILE).write_text(json.dumps(doc))
+            if d.exists():
+                old = d.with_name(f".{d.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(d, old)
+                os.replace(tmp, d)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, d)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EmbeddingIndex:
+        import faiss
+
+        d = Path(directory)
+        if not (d / INDEX_FILE).is_file() or not (d / META_FILE).is_file():
+            raise ParamsimError(
+                f"{d} is not a paramsim index; build one with `paramsim index build ZOO`"
+            )
+        doc = json.loads((d / META_FILE).read_text())
+        if doc.get("format_version") != INDEX_FORMAT_VERSION:
+            raise ParamsimError(
+                f"{d} has index format version {doc.get('format_version')}; this paramsim "
+                f"reads {INDEX_FORMAT_VERSION}; rebuild it with `paramsim index build`"
+            )
+        out = cls(doc["dim"], doc.get("meta"))
+        out._index = faiss.read_index(str(d / INDEX_FILE))
+        out.ids = np.asarray(doc["ids"], dtype=np.int64)
+        out.tasks = list(doc["tasks"])
+        if len(out.ids) != len(out):
+            raise ParamsimError(f"{d} is inconsistent (ids vs vectors); rebuild the index")
+        return out
