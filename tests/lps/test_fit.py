@@ -22,7 +22,7 @@ def _task(a: int, b: int) -> Task:
     return Task(((a,), (b,)))
 
 
-def tiny_zoo(n_tasks: int = 6, per_task: int = 4, seed: int = 0):
+def proto_zoo(n_tasks: int = 6, per_task: int = 4, seed: int = 0):
     """Models of one 'task' share a prototype plus noise, so tasks are learnable."""
     nets, tasks = [], []
     for t in range(n_tasks):
@@ -46,8 +46,8 @@ def tiny_zoo(n_tasks: int = 6, per_task: int = 4, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def fitted():
-    nets, tasks = tiny_zoo()
-    vn, vt = tiny_zoo(3, 3, seed=1)
+    nets, tasks = proto_zoo()
+    vn, vt = proto_zoo(3, 3, seed=1)
     vt = [
         _task(7, 9),
         _task(7, 9),
@@ -84,14 +84,14 @@ def test_same_seed_same_weights(fitted):
 
 @pytest.mark.parametrize("loss", ["multisim", "ce"])
 def test_other_losses_train(loss):
-    nets, tasks = tiny_zoo(4, 3)
+    nets, tasks = proto_zoo(4, 3)
     fc = FitConfig(**{**FAST.to_dict(), "loss": loss, "epochs": 1, "val_fraction": 0.0})
     model = LPS(CFG, fc).fit(nets, tasks)
     assert np.isfinite(model.meta["history"][-1]["loss"])
 
 
 def test_unknown_loss_is_a_clear_error():
-    nets, tasks = tiny_zoo(3, 2)
+    nets, tasks = proto_zoo(3, 2)
     with pytest.raises(ParamsimError, match="unknown loss"):
         LPS(CFG, FitConfig(loss="triplet", epochs=1)).fit(nets, tasks)
 
@@ -121,9 +121,9 @@ def test_extra_tasks_never_leak_held_out_pairs():
 
 
 def test_fit_drops_extra_models_of_validation_tasks():
-    nets, tasks = tiny_zoo(4, 3)
-    vn, vt = tiny_zoo(2, 3, seed=2)
-    extra_n, _ = tiny_zoo(2, 2, seed=3)
+    nets, tasks = proto_zoo(4, 3)
+    vn, vt = proto_zoo(2, 3, seed=2)
+    extra_n, _ = proto_zoo(2, 2, seed=3)
     extra_t = [vt[0], vt[0], Task(((0, 1), (2,))), Task(((0, 1), (2,)))]
     fc = FitConfig(**{**FAST.to_dict(), "epochs": 1})
     model = LPS(CFG, fc).fit(

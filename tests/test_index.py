@@ -1,0 +1,51 @@
+"""The faiss embedding index: cosine scores, ids and task names, atomic save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from paramsim.errors import ParamsimError
+from paramsim.index import META_FILE, EmbeddingIndex
+
+
+def test_search_returns_cosine_scores_and_given_ids(tmp_path):
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)).astype(np.float32) * rng.uniform(0.5, 3, size=(50, 1))
+    idx = EmbeddingIndex(8)
+    idx.add(emb, ids=np.arange(100, 150), tasks=[f"t{i % 5}" for i in range(50)])
+    scores, ids = idx.search(emb[7] * 10, k=3)
+    assert ids[0, 0] == 107 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    expected = np.sort(unit @ unit[7])[::-1][:3]
+    np.testing.assert_allclose(scores[0], expected, atol=1e-5)
+    assert idx.task_of(107) == "t2"
+
+    idx.save(tmp_path / "idx")
+    idx.save(tmp_path / "idx")  # replacing an existing index works
+    back = EmbeddingIndex.load(tmp_path / "idx")
+    s2, i2 = back.search(emb[7], k=3)
+    np.testing.assert_array_equal(i2, ids)
+    assert back.task_of(149) == "t4" and len(back) == 50
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_k_larger_than_index_and_bad_inputs(tmp_path):
+    idx = EmbeddingIndex(4)
+    idx.add(np.eye(4, dtype=np.float32))
+    scores, ids = idx.search(np.ones((2, 4)), k=10)
+    assert ids.shape == (2, 4)
+    with pytest.raises(ParamsimError, match="dims"):
+        idx.search(np.ones((1, 3)))
+    with pytest.raises(ParamsimError, match="ids"):
+        idx.add(np.ones((2, 4)), ids=[1])
+    with pytest.raises(ParamsimError, match="not a paramsim index"):
+        EmbeddingIndex.load(tmp_path)
+    idx.save(tmp_path / "i")
+    doc = json.loads((tmp_path / "i" / META_FILE).read_text())
+    doc["format_version"] = 7
+    (tmp_path / "i" / META_FILE).write_text(json.dumps(doc))
+    with pytest.raises(ParamsimError, match="version 7"):
+        EmbeddingIndex.load(tmp_path / "i")
