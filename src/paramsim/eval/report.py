@@ -113,8 +113,9 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         "- seen-task acc: nearest-task-mean classification of withheld models of training "
         "tasks against the training models.",
     ]
-    if "total_seconds" in results:
-        parts += ["", f"Total time: {results['total_seconds']:.1f} s."]
+    total = results.get("wall_seconds", results.get("total_seconds"))
+    if total is not None:
+        parts += ["", f"Total time: {total:.1f} s."]
     return "\n".join(parts) + "\n"
 
 
