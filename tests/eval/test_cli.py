@@ -43,13 +43,16 @@ def test_eval_command_end_to_end(tmp_path, capsys, monkeypatch):
                 "eval",
                 str(tmp_path / "z"),
                 "--methods",
-                "flat-test,lps",
+                "flat-test",
                 "--splits",
                 "2",
                 "--out",
                 str(out),
                 "--quiet",
                 "--threads",
+                "1",
+                "--fixed-per-split",
+                "--queries",
                 "1",
             ]
         )
@@ -60,4 +63,5 @@ def test_eval_command_end_to_end(tmp_path, capsys, monkeypatch):
     assert "| flat-test | yes |" in captured.out
     data = json.loads((out / "results.json").read_text())
     assert data["splits"] == 2 and data["zoo"] == "z"
+    assert data["protocol"]["fixed_mode"] == "heldout" and not data["protocol"]["all_vs_all"]
     assert {"results.md", "cmc.png"} <= {p.name for p in out.iterdir()}

@@ -62,6 +62,12 @@ from paramsim.errors import ParamsimError
     is_flag=True,
     help="Stop on the first method that fails instead of recording it as skipped.",
 )
+@click.option(
+    "--fixed-per-split",
+    is_flag=True,
+    help="Recompute fixed methods per split on the held-out and training models instead of "
+    "once over the whole zoo (matters for methods that normalise over the set, e.g. stats).",
+)
 @threads_option
 @quiet_option
 def eval_command(
@@ -74,6 +80,7 @@ def eval_command(
     n_queries: int | None,
     seen_fraction: float,
     strict: bool,
+    fixed_per_split: bool,
     threads: int | None,
     quiet: bool,
 ) -> None:
@@ -114,6 +121,7 @@ def eval_command(
                 "seen_fraction": seen_fraction,
             },
             on_error="raise" if strict else "skip",
+            fixed_mode="heldout" if fixed_per_split else "all",
         )
     finally:
         if bar is not None:
