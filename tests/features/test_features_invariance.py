@@ -19,6 +19,8 @@ VARIANTS = [
     ("chain", {"row_norm": True}),
     ("e2e", {"blocks": ("diff",)}),
     ("chain", {"depths": (-1,)}),
+    ("chain", {"space": "pixels"}),
+    ("e2e", {"space": "pixels", "bias": True}),
 ]
 MLP_ONLY = [("gram1", {"bias": True}), ("chain", {"bias": True}), ("e2e", {"bias": True})]
 

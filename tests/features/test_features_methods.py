@@ -125,11 +125,27 @@ def test_cross_width_and_cross_kind_rules() -> None:
     assert get_method("stats").check(mixed) is None  # same depth: statistics compare
     assert "layers" in get_method("stats").check(narrow + deep)
     assert get_method("e2e").check(narrow + deep) is None  # input x classes at any depth
-    assert get_method("chain").check(narrow + deep) is not None
+    assert "depths" in get_method("chain").check(narrow + deep)
     assert get_method("chain", depths=(-1,)).check(narrow + deep) is None
     for name in ["gram1", "chain", "e2e"]:
         assert "MLPs and CNNs" in get_method(name).check(narrow + cnn)
     assert get_method("probes").check(narrow + cnn) is None  # same input shape: function space
+
+
+def test_pixel_space_equals_kernel_chain_for_mlps_and_joins_cnns() -> None:
+    nets = _nets(MLP, 3)
+    for name in ["gram1", "chain", "e2e"]:
+        for bias in (False, True):
+            a = get_method(name, bias=bias).embed(nets)
+            b = get_method(name, bias=bias, space="pixels").embed(nets)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+    cnn = _nets(ArchSpec("cnn", (1, 4, 4), (3, 2), batchnorm=True, pool_after=(0,)), 2)
+    mixed = nets + cnn
+    assert get_method("e2e", space="pixels").check(mixed) is None
+    sim = get_method("chain", space="pixels").similarity(mixed)
+    assert sim.shape == (5, 5) and np.allclose(np.diag(sim), 1)
+    with pytest.raises(ParamsimError, match="space"):
+        get_method("chain", space="voxels").similarity(nets)
 
 
 def test_match_recovers_a_known_permutation_for_cnns() -> None:
@@ -194,6 +210,10 @@ def test_cka_is_linear_cka_and_needs_data() -> None:
         hid = [n.forward(xs, return_hidden=True)[1] for n in nets]
     want = np.mean([linear_cka(hid[0][i], hid[1][i]) for i in range(2)])
     assert sim[0, 1] == pytest.approx(want, abs=1e-5)
+    deeper = _nets(ArchSpec("mlp", (1, 4, 4), (3,)), 1)
+    assert "layers='last'" in get_method("cka", layers="mean").check(nets + deeper)
+    auto = get_method("cka", n=50).similarity(nets + deeper, ctx)
+    assert auto[0, 1] == pytest.approx(linear_cka(hid[0][1], hid[1][1]), abs=1e-5)
     last = get_method("cka", n=50, layers="last").similarity(nets, ctx)
     assert last[0, 1] == pytest.approx(linear_cka(hid[0][1], hid[1][1]), abs=1e-5)
     img = torch.rand(5, 1, 8, 8)

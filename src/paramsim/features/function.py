@@ -155,16 +155,17 @@ class CKAMethod(FixedMethod):
     """Linear CKA between hidden activations on `n` real test images.
 
     `layers="mean"`: the mean CKA over hidden layers (same depth needed); `"last"`: the last
-    hidden layer only (any depths). The embedding is the concatenation of unit-norm centred
+    hidden layer only (any depths); `"auto"` (default): mean when all networks given have
+    the same depth, else last. The embedding is the concatenation of unit-norm centred
     Grams, one per layer, scaled so that its cosine is exactly that (mean) CKA.
     """
 
     name = "cka"
     weights_only = False
 
-    def __init__(self, n: int = 128, layers: str = "mean") -> None:
-        if layers not in ("mean", "last"):
-            raise ParamsimError(f"cka layers must be 'mean' or 'last', got {layers!r}")
+    def __init__(self, n: int = 128, layers: str = "auto") -> None:
+        if layers not in ("mean", "last", "auto"):
+            raise ParamsimError(f"cka layers must be 'mean', 'last' or 'auto', got {layers!r}")
         self.n, self.layers = int(n), layers
 
     def check(self, networks: Sequence[Network]) -> str | None:
@@ -181,10 +182,13 @@ class CKAMethod(FixedMethod):
     def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
         ensure(self, networks)
         x = _test_inputs(context_or_default(context), networks[0].input_shape, self.n, self.name)
+        last = self.layers == "last" or (
+            self.layers == "auto" and len({len(n.layers) for n in networks}) > 1
+        )
 
         def feats(stack: NetworkStack) -> torch.Tensor:
             _, hidden = stack.forward(x, return_hidden=True)
-            chosen = hidden[-1:] if self.layers == "last" else hidden
+            chosen = hidden[-1:] if last else hidden
             return torch.cat([centred_gram(h) for h in chosen], dim=1) / len(chosen) ** 0.5
 
         return per_group(networks, feats)

@@ -14,6 +14,11 @@ replaced by 2x2 average pooling, i.e. a 2x2 box filter after which later kernels
 by the accumulated stride; global average pooling followed by a linear layer becomes a 1x1
 kernel (the average over positions is dropped); a linear layer on a flattened feature map is
 a kernel the size of that map.
+
+`space="pixels"` (every method here) instead runs the same linearised network exactly on the
+identity basis of the input, so each layer becomes a (pixels x features) map: identical to
+the kernel chain for MLPs, padding-exact for CNNs, and comparable between MLPs and CNNs that
+read the same input shape (mixed zoos).
 """
 
 from __future__ import annotations
@@ -31,14 +36,28 @@ from paramsim.weights import Network, NetworkStack, group_by_signature
 
 
 def chain_maps(
-    stack: NetworkStack, upto: int | None = None, row_norm: bool = False, bias: bool = False
+    stack: NetworkStack,
+    upto: int | None = None,
+    row_norm: bool = False,
+    bias: bool = False,
+    space: str = "kernel",
 ) -> tuple[str, list[torch.Tensor]]:
     """X_l for l = 1..upto as (M, rows, units_l) tensors, and the input space they live in.
 
     The input space is a string key: two networks can be compared only when keys match.
+    `space="pixels"` gives every network's linearised map from input pixels instead (see
+    `_pixel_chain`), which puts MLPs and CNNs of one input shape in the same space.
     """
     t = stack.template
     upto = len(t.layers) if upto is None else upto
+    if space == "pixels":
+        if row_norm:
+            raise ParamsimError("row_norm applies to space='kernel' only")
+        return f"pixels {t.input_shape}" + (" + bias" if bias else ""), _pixel_chain(
+            stack, upto, bias
+        )
+    if space != "kernel":
+        raise ParamsimError(f"space must be 'kernel' or 'pixels', got {space!r}")
     if all(lay.kind == "linear" for lay in t.layers):
         return f"mlp inputs {t.layers[0].weight.shape[1] + int(bias)}", _mlp_chain(
             stack, upto, row_norm, bias
@@ -46,12 +65,56 @@ def chain_maps(
     if t.layers[0].kind != "conv":
         raise ParamsimError("networks whose first layer is linear but later ones convolutional")
     if bias:
-        raise ParamsimError("bias=True is implemented for MLPs only")
+        raise ParamsimError("bias=True is implemented for MLPs only (or use space='pixels')")
     if t.input_ops:
         raise ParamsimError(f"CNN input operations {t.input_ops} are not supported")
     maps = _cnn_chain(stack, upto, row_norm)
     c = t.input_shape[0]
     return f"cnn {c} channels", maps
+
+
+def _pixel_chain(stack: NetworkStack, upto: int, bias: bool) -> list[torch.Tensor]:
+    """Each layer's output as a linear function of the input pixels: (M, pixels[+1], features).
+
+    The network is linearised the same way as the kernel chain (ReLU dropped, max pooling
+    read as 2x2 average pooling) but run exactly, padding included, on the identity basis.
+    For MLPs this equals the kernel chain; a CNN layer's features are all its channels at
+    all positions, so a channel permutation permutes columns and the Gram is unchanged.
+    With `bias`, the last row is the layer's output on a blank input (the affine part).
+    """
+    t = stack.template
+    shape = t.input_shape
+    d = shape[0] * shape[1] * shape[2]
+    basis = torch.cat([torch.eye(d), torch.zeros(1, d)]).reshape(d + 1, *shape)
+
+    def op(name: str, h: torch.Tensor) -> torch.Tensor:
+        if name == "maxpool2":
+            return F.avg_pool2d(h, 2)
+        if name == "gap":
+            return h.mean(dim=(-2, -1))
+        if name == "flatten":
+            return h.flatten(1)
+        return h  # relu: dropped by the linearisation
+
+    def one(ws, bs):
+        h = basis
+        for name in t.input_ops:
+            h = op(name, h)
+        outs = []
+        for lay, w, b in zip(t.layers[:upto], ws, bs, strict=False):
+            b = b if bias else torch.zeros_like(b)
+            h = (
+                F.linear(h, w, b)
+                if lay.kind == "linear"
+                else F.conv2d(h, w, b, padding=lay.padding)
+            )
+            flat = h.flatten(1)
+            outs.append(torch.cat([flat[:d] - flat[d:], flat[d:]]) if bias else flat[:d])
+            for name in lay.post:
+                h = op(name, h)
+        return outs
+
+    return list(torch.func.vmap(one)(stack.weights[:upto], stack.biases[:upto]))
 
 
 def _norm_rows_t(w: torch.Tensor) -> torch.Tensor:
@@ -161,8 +224,10 @@ class _InputSpaceMethod(FixedMethod):
         """What must agree between two networks for their features to be comparable."""
         raise NotImplementedError
 
+    space = "kernel"
+
     def _maps(self, stack: NetworkStack, upto: int | None) -> tuple[str, list[torch.Tensor]]:
-        return chain_maps(stack, upto, self.row_norm, self.bias)
+        return chain_maps(stack, upto, self.row_norm, self.bias, self.space)
 
     def check(self, networks: Sequence[Network]) -> str | None:
         layouts = set()
@@ -176,7 +241,12 @@ class _InputSpaceMethod(FixedMethod):
             if len(kinds) > 1:
                 return (
                     "MLPs and CNNs live in different input spaces (pixels vs. kernel taps); "
-                    "compare them with probes"
+                    "use space='pixels' or probes"
+                )
+            if len({len(lay) for lay in layouts}) > 1:
+                return (
+                    "networks differ in the number of hidden layers; pick depths all have, "
+                    "e.g. depths=(-1,) for the last hidden layer"
                 )
             return f"these networks map to input spaces of different sizes: {sorted(layouts)}"
         rows = max(max(r for r in lay[1:] if isinstance(r, int)) for lay in layouts)
@@ -196,8 +266,8 @@ class Gram1Method(_InputSpaceMethod):
 
     name = "gram1"
 
-    def __init__(self, row_norm: bool = False, bias: bool = False) -> None:
-        self.row_norm, self.bias = row_norm, bias
+    def __init__(self, row_norm: bool = False, bias: bool = False, space: str = "kernel") -> None:
+        self.row_norm, self.bias, self.space = row_norm, bias, space
 
     def _layout(self, net: Network) -> tuple:
         space, maps = self._maps(NetworkStack.from_networks([net]), 1)
@@ -220,10 +290,14 @@ class ChainMethod(_InputSpaceMethod):
     name = "chain"
 
     def __init__(
-        self, depths: Sequence[int] | None = None, row_norm: bool = False, bias: bool = False
+        self,
+        depths: Sequence[int] | None = None,
+        row_norm: bool = False,
+        bias: bool = False,
+        space: str = "kernel",
     ) -> None:
         self.depths = None if depths is None else tuple(int(d) for d in depths)
-        self.row_norm, self.bias = row_norm, bias
+        self.row_norm, self.bias, self.space = row_norm, bias, space
 
     def _depths(self, net: Network) -> list[int]:
         n_hidden = len(net.layers) - 1
@@ -266,13 +340,17 @@ class E2EMethod(_InputSpaceMethod):
     name = "e2e"
 
     def __init__(
-        self, blocks: Sequence[str] = ("gram", "diff"), row_norm: bool = False, bias: bool = False
+        self,
+        blocks: Sequence[str] = ("gram", "diff"),
+        row_norm: bool = False,
+        bias: bool = False,
+        space: str = "kernel",
     ) -> None:
         bad = set(blocks) - {"gram", "diff"}
         if bad or not blocks:
             raise ParamsimError(f"e2e blocks must be among 'gram', 'diff'; got {list(blocks)}")
         self.blocks = tuple(blocks)
-        self.row_norm, self.bias = row_norm, bias
+        self.row_norm, self.bias, self.space = row_norm, bias, space
 
     def _layout(self, net: Network) -> tuple:
         space, maps = self._maps(NetworkStack.from_networks([net]), None)
