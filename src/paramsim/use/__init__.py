@@ -1,0 +1,2 @@
+"""Using the similarity: task-relation maps, source selection for transfer, the one-command
+report."""
