@@ -1,0 +1,337 @@
+"""`paramsim reproduce`: the project's main result in one command.
+
+Stages, each cached in the output directory and reused when its settings match:
+
+1. zoo        OUT/zoo (or --zoo DIR): the default `digits-pairs` model set, built or resumed
+2. eval       OUT/eval: fixed methods and LPS under the task-split protocol (paramsim.eval)
+3. relate     OUT/relate/<method>: task-relation maps next to the ground truth
+4. transfer   OUT/transfer: source selection for few-shot transfer
+5. README     OUT/README.md: tables and pictures, a short results section
+
+LPS is optional: when `paramsim.lps` is missing or a fit fails, every stage goes on with the
+fixed methods and the report says that LPS was skipped and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paramsim.errors import ParamsimError
+from paramsim.use._common import (
+    Similarity,
+    load_similarity,
+    read_cached,
+    settings_key,
+    write_json,
+)
+from paramsim.use.transfer import TransferConfig
+
+Say = Callable[[str], None]
+
+QUICK_TASKS = "0-1,0-2,1-2,3-4,3-5,4-5"
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """What `paramsim reproduce` runs; `quick()` is the reduced version for tests."""
+
+    recipe: str = "digits-pairs"
+    zoo_seed: int = 0
+    recipe_overrides: dict = field(default_factory=dict)
+    eval_methods: tuple[str, ...] = (
+        "flat",
+        "stats",
+        "gram1",
+        "chain",
+        "e2e",
+        "match",
+        "probes",
+        "cka",
+        "outputs",
+        "lps",
+    )
+    splits: int = 3
+    seed: int = 0
+    relate_methods: tuple[str, ...] = ("lps", "chain", "gram1", "flat")
+    transfer_methods: tuple[str, ...] = ("lps", "chain", "gram1", "flat")
+    transfer: TransferConfig = TransferConfig()
+    lps_epochs: int | None = None  # None: the LPS default
+
+    @classmethod
+    def quick(cls) -> ReproduceConfig:
+        return cls(
+            recipe_overrides={"tasks": QUICK_TASKS, "models_per_task": 3, "steps": (60, 80)},
+            eval_methods=("flat", "gram1", "chain", "lps"),
+            splits=1,
+            relate_methods=("lps", "gram1"),
+            transfer_methods=("lps", "gram1"),
+            transfer=TransferConfig(shots=(1,), repeats=1, probe_steps=40, finetune_steps=15),
+            lps_epochs=2,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _lps_similarity(cfg: ReproduceConfig) -> Similarity | str:
+    """An unfitted LPS (with the configured epochs), or why it cannot run here."""
+    try:
+        sim = load_similarity(method="lps")
+    except ParamsimError as exc:
+        return str(exc)
+    except Exception as exc:  # an import or construction error of the optional package
+        return f"{type(exc).__name__}: {exc}"
+    if cfg.lps_epochs is not None:
+        obj = getattr(sim.method, "obj", sim.method)
+        fc = getattr(obj, "fit_config", None)
+        if fc is not None:
+            obj.fit_config = type(fc).from_dict(
+                {**fc.to_dict(), "epochs": cfg.lps_epochs, "patience": cfg.lps_epochs}
+            )
+    return sim
+
+
+def _similarities(names: Sequence[str], cfg: ReproduceConfig, skipped: dict[str, str]):
+    out: dict[str, Similarity] = {}
+    for name in names:
+        if name == "lps":
+            got = _lps_similarity(cfg)
+        else:
+            try:
+                got = load_similarity(method=name)
+            except ParamsimError as exc:
+                got = str(exc)
+        if isinstance(got, str):
+            skipped[name] = got
+        else:
+            out[name] = got
+    return out
+
+
+def _zoo_stage(out: Path, zoo_dir: Path | None, cfg: ReproduceConfig, say: Say):
+    from paramsim.zoo import Zoo, build_zoo, load_recipe
+
+    path = zoo_dir or out / "zoo"
+    if (path / "registry.sqlite").is_file():
+        zoo = Zoo.open(path)
+        if zoo.summary()["complete"]:
+            say(f"zoo: reusing {path} ({len(zoo)} models, {len(zoo.tasks)} tasks)")
+            return zoo, 0.0
+        if zoo_dir is not None and zoo.meta.get("recipe") != cfg.recipe:
+            raise ParamsimError(f"{path} is an incomplete zoo of another recipe; resume it first")
+    elif zoo_dir is not None and path.exists() and any(path.iterdir()):
+        raise ParamsimError(f"--zoo {path} is not a zoo directory (no registry.sqlite)")
+    recipe = load_recipe(cfg.recipe).with_overrides(**cfg.recipe_overrides)
+    say(f"zoo: building {recipe.name} into {path} (resumes a killed build)")
+    t0 = time.perf_counter()
+    build_zoo(recipe, path, seed=cfg.zoo_seed, progress=True)
+    return Zoo.open(path), time.perf_counter() - t0
+
+
+def _eval_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict:
+    from paramsim.eval import evaluate_zoo, write_report
+
+    key = settings_key(
+        {
+            "zoo": _zoo_id(zoo),
+            "methods": cfg.eval_methods,
+            "splits": cfg.splits,
+            "seed": cfg.seed,
+            "lps_epochs": cfg.lps_epochs,
+        }
+    )
+    cached = read_cached(out / "eval" / "results.json", key)
+    if cached is not None:
+        say("eval: reusing eval/results.json")
+        return cached
+    say(f"eval: {len(cfg.eval_methods)} methods x {cfg.splits} task splits")
+    names = list(cfg.eval_methods)
+    extra_skipped: dict[str, str] = {}
+    t0 = time.perf_counter()
+    with _lps_registered(cfg, names, extra_skipped):
+        results = evaluate_zoo(zoo, names, n_splits=cfg.splits, seed=cfg.seed)
+    results["skipped"] = {**extra_skipped, **results.get("skipped", {})}
+    results["zoo"] = Path(zoo.path).name
+    results["wall_seconds"] = time.perf_counter() - t0
+    results["settings_key"] = key
+    write_report(results, out / "eval")
+    for name, reason in results["skipped"].items():
+        say(f"eval: skipped {name}: {reason}")
+    return read_cached(out / "eval" / "results.json", key) or results
+
+
+@contextlib.contextmanager
+def _lps_registered(cfg: ReproduceConfig, names: list[str], skipped: dict[str, str]):
+    """Within the block, the name "lps" resolves to LPS with the configured epochs."""
+    from paramsim.eval.protocol import register_method, unregister_method
+
+    if "lps" not in names or cfg.lps_epochs is None:
+        yield
+        return
+    got = _lps_similarity(cfg)
+    if isinstance(got, str):
+        names.remove("lps")
+        skipped["lps"] = got
+        yield
+        return
+    register_method("lps", lambda: copy.deepcopy(got.method))
+    try:
+        yield
+    finally:
+        unregister_method("lps")
+        try:  # give the name back to the package's own factory
+            from paramsim.lps import LPS_METHODS
+
+            register_method("lps", LPS_METHODS["lps"])
+        except Exception:
+            pass
+
+
+def _zoo_id(zoo) -> dict:
+    return {"path": str(Path(zoo.path).resolve()), "models": len(zoo), "meta": zoo.meta}
+
+
+def _relate_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict[str, Any]:
+    from paramsim.use.relate import relate, summary_lines, write_relation
+
+    skipped: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    todo = []
+    for name in cfg.relate_methods:
+        key = settings_key(
+            {"zoo": _zoo_id(zoo), "method": name, "seed": cfg.seed, "lps_epochs": cfg.lps_epochs}
+        )
+        cached = read_cached(out / "relate" / name / "relation.json", key)
+        if cached is not None:
+            say(f"relate: reusing relate/{name}")
+            results[name] = cached
+        else:
+            todo.append((name, key))
+    if todo:
+        nets = zoo.networks()
+        sims = _similarities([n for n, _ in todo], cfg, skipped)
+        for name, key in todo:
+            if name not in sims:
+                continue
+            say(f"relate: {name}")
+            try:
+                res = relate(zoo, sims[name], seed=cfg.seed, networks=nets)
+            except ParamsimError:
+                raise
+            except Exception as exc:
+                skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+                continue
+            write_relation(res, out / "relate" / name, key)
+            for line in summary_lines(res):
+                say(f"  {line}")
+            results[name] = read_cached(out / "relate" / name / "relation.json", key) or res
+    for name, reason in skipped.items():
+        say(f"relate: skipped {name}: {reason}")
+    return {"methods": results, "skipped": skipped}
+
+
+def _transfer_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict[str, Any]:
+    from paramsim.use.transfer import evaluate_transfer, transfer_key, write_transfer
+
+    tcfg = cfg.transfer
+    key = transfer_key(zoo, list(cfg.transfer_methods) + [f"lps_epochs={cfg.lps_epochs}"], tcfg)
+    cached = read_cached(out / "transfer" / "transfer.json", key)
+    if cached is not None:
+        say("transfer: reusing transfer/transfer.json")
+        return cached
+    skipped: dict[str, str] = {}
+    sims = _similarities(cfg.transfer_methods, cfg, skipped)
+    say(f"transfer: shots {','.join(map(str, tcfg.shots))}, {tcfg.repeats} draws per task")
+    res = evaluate_transfer(zoo, sims, tcfg, progress=lambda m: say(f"  transfer: {m}"))
+    res["skipped"] = {**skipped, **res["skipped"]}
+    write_transfer(res, out / "transfer", key)
+    return read_cached(out / "transfer" / "transfer.json", key) or res
+
+
+def _record_timings(out: Path, now: dict[str, float]) -> dict[str, Any]:
+    """This run's stage times next to those of the run that last computed each stage.
+
+    A stage that took under a second was reused, so the earlier time is the one that says
+    what computing it costs; both are kept in OUT/timings.json.
+    """
+    import json
+    import os
+
+    path = out / "timings.json"
+    try:
+        before = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        before = {}
+    computed = dict(before.get("computed", {}))
+    for name, secs in now.items():
+        if name != "total" and (secs >= 1.0 or name not in computed):
+            computed[name] = secs
+    machine = {
+        "cpus": os.cpu_count(),
+        "torch_threads": _torch_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if now["total"] < 1.0 and before.get("machine"):
+        machine = before["machine"]  # a cached rerun says nothing about the machine's speed
+    doc = {"this_run": now, "computed": computed, "machine": machine}
+    write_json(path, doc)
+    return doc
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def reproduce(
+    out: str | Path,
+    zoo_dir: str | Path | None = None,
+    config: ReproduceConfig | None = None,
+    say: Say | None = None,
+) -> dict[str, Any]:
+    """Run every stage (reusing cached ones) and write OUT/README.md; returns the parts."""
+    from paramsim.use.report import write_readme
+
+    cfg = config or ReproduceConfig()
+    say = say or (lambda _m: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn, *args):
+        t0 = time.perf_counter()
+        say(f"[{len(timings) + 1}/4] {name}")
+        got = fn(*args)
+        timings[name] = time.perf_counter() - t0
+        return got
+
+    zoo, _ = stage("zoo", _zoo_stage, out, Path(zoo_dir) if zoo_dir else None, cfg, say)
+    ev = stage("eval", _eval_stage, zoo, out, cfg, say)
+    rel = stage("relate", _relate_stage, zoo, out, cfg, say)
+    tr = stage("transfer", _transfer_stage, zoo, out, cfg, say)
+    timings["total"] = time.perf_counter() - started
+    timings = _record_timings(out, timings)
+    parts = {
+        "zoo": zoo,
+        "eval": ev,
+        "relate": rel,
+        "transfer": tr,
+        "timings": timings,
+        "config": cfg,
+    }
+    path = write_readme(parts, out)
+    say(f"wrote {path} in {timings['this_run']['total']:.1f} s")
+    return parts
+
+
+__all__ = ["QUICK_TASKS", "ReproduceConfig", "reproduce"]
