@@ -29,6 +29,16 @@ def test_fit_embed_index_search(tiny_zoo, tmp_path, capsys):
     assert first[:3] == ["1", "4", "1.0000"]
     assert len(lines) == 5
 
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert main(["zoo", "export", str(tiny_zoo), "0", "--out", str(a)]) == 0
+    assert main(["zoo", "export", str(tiny_zoo), "8", "--out", str(b)]) == 0
+    capsys.readouterr()
+    args = ["compare", str(a), str(b), "--model", str(model), "--zoo", str(tiny_zoo)]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert -1.0 <= float(out[0]) <= 1.0
+    assert out[1].startswith("nearest tasks to") and out[1].split(": ", 1)[1].startswith("0 vs 1")
+
 
 def test_clear_errors(tiny_zoo, tmp_path, capsys):
     assert main(["embed", str(tmp_path / "nope"), "--model", str(tmp_path), "--out", "x.npy"]) == 2

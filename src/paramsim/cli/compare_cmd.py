@@ -60,6 +60,21 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Architecture as ArchSpec JSON or a file holding it (needed for CNN state_dicts).",
     )
-    def compare_cmd(a: str, b: str, method: str, spec: str | None) -> None:
+    @click.option("--model", "model_dir", default=None, help="A saved LPS model (paramsim fit).")
+    @click.option("--zoo", default=None, help="With --model: print the zoo tasks nearest to each.")
+    def compare_cmd(
+        a: str, b: str, method: str, spec: str | None, model_dir: str | None, zoo: str | None
+    ) -> None:
         """Print how similar checkpoints A and B are (.safetensors, .pt or .pth)."""
-        click.echo(f"{compare(a, b, method, spec):.6f}")
+        if model_dir is None:
+            if zoo:
+                raise ParamsimError("--zoo needs --model (a saved LPS model)")
+            click.echo(f"{compare(a, b, method, spec):.6f}")
+            return
+        from paramsim.cli.lps_cmd import compare_with_model
+
+        score, near = compare_with_model(a, b, model_dir, parse_spec(spec), zoo)
+        click.echo(f"{score:.6f}")
+        for name, rows in zip((a, b), near or [], strict=False):
+            tasks = ", ".join(f"{t} ({s:.3f})" for t, s in rows)
+            click.echo(f"nearest tasks to {name}: {tasks}")

@@ -92,7 +92,7 @@ def register(cli: click.Group) -> None:
         "(e.g. pairs absent from ZOO's training tasks) are dropped.",
     )
     @click.option("--variant", default="lps", show_default=True, help="lps or an ablation.")
-    @click.option("--epochs", type=int, default=None, help="Most epochs (default 60).")
+    @click.option("--epochs", type=int, default=None, help="Most epochs (default 30).")
     @click.option("--loss", type=click.Choice(["supcon", "multisim", "ce"]), default=None)
     @click.option(
         "--val-fraction",
@@ -228,3 +228,34 @@ def register(cli: click.Group) -> None:
             if i < 0:
                 break
             click.echo(f"{r:>4}  {i:>7}  {s:>7.4f}  {idx.task_of(int(i))}")
+
+
+def nearest_tasks(emb: np.ndarray, zoo_emb: np.ndarray, zoo_tasks: list[str], k: int = 3):
+    """Per query embedding, the k zoo tasks with the highest mean cosine to it."""
+    sims = emb @ zoo_emb.T
+    names = sorted(set(zoo_tasks))
+    col = {t: i for i, t in enumerate(names)}
+    which = np.asarray([col[t] for t in zoo_tasks])
+    means = np.stack([sims[:, which == i].mean(axis=1) for i in range(len(names))], axis=1)
+    out = []
+    for row in means:
+        top = np.argsort(-row, kind="stable")[:k]
+        out.append([(names[i], float(row[i])) for i in top])
+    return out
+
+
+def compare_with_model(
+    a: str, b: str, model_dir: str, spec=None, zoo: str | None = None
+) -> tuple[float, list | None]:
+    """LPS cosine of checkpoints `a` and `b`; with `zoo`, the zoo tasks nearest to each."""
+    from paramsim.weights import load
+
+    lps = _load_model(model_dir)
+    nets = [load(a, spec), load(b, spec)]
+    emb = lps.embed(nets)
+    score = float(emb[0] @ emb[1])
+    near = None
+    if zoo:
+        znets, _, names = resolve_models([zoo])
+        near = nearest_tasks(emb, lps.embed(znets), names)
+    return score, near

@@ -72,8 +72,8 @@ class FitConfig:
     """How the metric is trained. Everything random is drawn from `seed`."""
 
     loss: str = "supcon"  # supcon | multisim | ce
-    epochs: int = 60
-    patience: int = 15  # epochs without a better validation mAP before stopping
+    epochs: int = 30
+    patience: int = 6  # epochs without a better validation mAP before stopping
     lr: float = 1e-3
     lr_probes: float = 3e-2
     weight_decay: float = 1e-4

@@ -59,7 +59,12 @@ def _orthogonal_(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             w.copy_(torch.eye(rows))
         return w
     a = torch.randn(max(rows, cols), min(rows, cols), generator=gen)
-    q, r = torch.linalg.qr(a)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # multi-threaded LAPACK QR is 10-100x slower on a busy machine
+    try:
+        q, r = torch.linalg.qr(a)
+    finally:
+        torch.set_num_threads(threads)
     q = q * torch.sign(torch.diagonal(r))
     with torch.no_grad():
         w.copy_(q if rows > cols else q.T)
@@ -83,7 +88,7 @@ class LPSNet(nn.Module):
         )
         if cfg.weight_branch:
             if cfg.second_order:
-                tri = self.r * (self.r + 1) // 2
+                tri = self.r * self.r  # the full r x r matrix: a view, cheaper than its triangle
                 if cfg.flat_head:
                     self.register_buffer("U", torch.eye(d).expand(self.n_slots, d, d).clone())
                 else:
@@ -178,7 +183,7 @@ class LPSNet(nn.Module):
                 if cfg.unit_columns and is_hidden:
                     x = x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
                 z = self.U[s].T @ x  # (M, r, units): never the d x d Gram
-                v = _triu_vec(z @ z.transpose(1, 2))
+                v = (z @ z.transpose(1, 2)).flatten(1)
                 if cfg.signed_sqrt:
                     v = _signed_sqrt(v)
                 blocks[s] = _unit(v) @ self.gram_heads[s].T
