@@ -99,6 +99,12 @@ def _lps_similarity(cfg: ReproduceConfig) -> Similarity | str:
     return sim
 
 
+def _lps_state(cfg: ReproduceConfig) -> str:
+    """ "ok" or why LPS cannot run: part of every cache key, so installing it recomputes."""
+    got = _lps_similarity(cfg)
+    return got if isinstance(got, str) else "ok"
+
+
 def _similarities(names: Sequence[str], cfg: ReproduceConfig, skipped: dict[str, str]):
     out: dict[str, Similarity] = {}
     for name in names:
@@ -146,6 +152,7 @@ def _eval_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict:
             "splits": cfg.splits,
             "seed": cfg.seed,
             "lps_epochs": cfg.lps_epochs,
+            "lps": _lps_state(cfg),
         }
     )
     cached = read_cached(out / "eval" / "results.json", key)
@@ -159,6 +166,8 @@ def _eval_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict:
     with _lps_registered(cfg, names, extra_skipped):
         results = evaluate_zoo(zoo, names, n_splits=cfg.splits, seed=cfg.seed)
     results["skipped"] = {**extra_skipped, **results.get("skipped", {})}
+    order = list(results.get("method_order") or results["methods"])
+    results["method_order"] = order + [n for n in extra_skipped if n not in order]
     results["zoo"] = Path(zoo.path).name
     results["wall_seconds"] = time.perf_counter() - t0
     results["settings_key"] = key
@@ -207,7 +216,13 @@ def _relate_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict[str, A
     todo = []
     for name in cfg.relate_methods:
         key = settings_key(
-            {"zoo": _zoo_id(zoo), "method": name, "seed": cfg.seed, "lps_epochs": cfg.lps_epochs}
+            {
+                "zoo": _zoo_id(zoo),
+                "method": name,
+                "seed": cfg.seed,
+                "lps_epochs": cfg.lps_epochs,
+                "lps": _lps_state(cfg) if name == "lps" else None,
+            }
         )
         cached = read_cached(out / "relate" / name / "relation.json", key)
         if cached is not None:
@@ -242,7 +257,9 @@ def _transfer_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict[str,
     from paramsim.use.transfer import evaluate_transfer, transfer_key, write_transfer
 
     tcfg = cfg.transfer
-    key = transfer_key(zoo, list(cfg.transfer_methods) + [f"lps_epochs={cfg.lps_epochs}"], tcfg)
+    key = transfer_key(
+        zoo, [*cfg.transfer_methods, f"lps_epochs={cfg.lps_epochs}", _lps_state(cfg)], tcfg
+    )
     cached = read_cached(out / "transfer" / "transfer.json", key)
     if cached is not None:
         say("transfer: reusing transfer/transfer.json")

@@ -1,0 +1,86 @@
+import json
+import time
+
+import pytest
+
+from paramsim.cli import main
+from paramsim.use import reproduce as rep
+from paramsim.use.reproduce import ReproduceConfig, reproduce
+
+
+def test_relate_command(use_zoo, tmp_path, capsys):
+    out = tmp_path / "rel"
+    code = main(["relate", str(use_zoo.path), "--method", "gram1", "--out", str(out), "-q"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Spearman rho" in text and "most related" in text and "least related" in text
+    assert (out / "relation.json").is_file() and (out / "map.png").is_file()
+
+
+def test_relate_command_several_methods(use_zoo, tmp_path, capsys):
+    out = tmp_path / "rel"
+    assert main(["relate", str(use_zoo.path), "--method", "gram1,flat", "--out", str(out)]) == 0
+    assert (out / "gram1" / "dendrogram.png").is_file()
+    assert (out / "flat" / "relation.json").is_file()
+
+
+def test_transfer_command(use_zoo, tmp_path, capsys):
+    out = tmp_path / "tr"
+    args = ["transfer", str(use_zoo.path), "--method", "gram1", "--shots", "1"]
+    args += ["--repeats", "1", "--finetune-steps", "5", "--out", str(out), "-q"]
+    assert main(args) == 0
+    assert "gain over random" in capsys.readouterr().out
+    doc = json.loads((out / "transfer.json").read_text())
+    assert doc["config"]["shots"] == [1] and "gram1" in doc["methods"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["relate", "{zoo}", "--out", "x"], "--model DIR"),
+        (["transfer", "{zoo}", "--method", "gram1", "--shots", "0", "--out", "x"], "--shots"),
+        (["relate", "{zoo}", "--method", "nosuch", "--out", "x"], "unknown method"),
+        (["relate", "{zoo}", "--model", "{tmp}", "--out", "x"], "not a saved LPS model"),
+        (["relate", "{tmp}/nozoo", "--method", "gram1", "--out", "x"], "does not exist"),
+    ],
+)
+def test_bad_input_exit_2(use_zoo, tmp_path, capsys, args, message):
+    args = [a.format(zoo=use_zoo.path, tmp=tmp_path) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reproduce_quick_and_cached(use_zoo, tmp_path):
+    out = tmp_path / "report"
+    lines: list[str] = []
+    reproduce(out, use_zoo.path, ReproduceConfig.quick(), lines.append)
+    readme = (out / "README.md").read_text()
+    for part in ("## 1.", "## 2.", "## 3.", "eval/cmc.png", "transfer/transfer.png", "lps"):
+        assert part in readme
+    for path in ("eval/results.json", "relate/gram1/map.png", "transfer/transfer.json"):
+        assert (out / path).is_file()
+    t0 = time.perf_counter()
+    again: list[str] = []
+    reproduce(out, use_zoo.path, ReproduceConfig.quick(), again.append)
+    assert time.perf_counter() - t0 < 5
+    assert sum("reusing" in m for m in again) >= 4
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["computed"]["transfer"] >= 0 and "machine" in timings
+
+
+def test_reproduce_goes_on_without_lps(use_zoo, tmp_path, monkeypatch):
+    monkeypatch.setattr(rep, "_lps_similarity", lambda cfg: "paramsim.lps is not installed")
+    out = tmp_path / "report"
+    reproduce(out, use_zoo.path, ReproduceConfig.quick())
+    readme = (out / "README.md").read_text()
+    assert readme.count("skipped: paramsim.lps is not installed") >= 3
+    assert "gram1" in readme
+
+
+def test_reproduce_command_refuses_non_zoo_dir(tmp_path, capsys):
+    bad = tmp_path / "notzoo"
+    bad.mkdir()
+    (bad / "file.txt").write_text("x")
+    assert main(["reproduce", "--quick", "--zoo", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "not a zoo directory" in capsys.readouterr().err

@@ -1,0 +1,168 @@
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from paramsim.errors import ParamsimError
+from paramsim.features import get_method
+from paramsim.features.base import Context, Method
+from paramsim.use._common import Similarity, load_similarity
+from paramsim.use.transfer import (
+    SourceBank,
+    TransferConfig,
+    _ci,
+    evaluate_transfer,
+    fine_tune,
+    format_transfer_table,
+    kshot,
+    select_sources,
+    write_transfer,
+)
+
+QUICK = dict(shots=(1,), repeats=1, probe_steps=30, finetune_steps=10)
+
+
+@pytest.fixture(scope="module")
+def gram1_results(use_zoo):
+    sims = {"gram1": load_similarity(method="gram1")}
+    return evaluate_transfer(use_zoo, sims, TransferConfig(**QUICK))
+
+
+def test_baselines_bound_the_chosen_source(gram1_results):
+    res = gram1_results
+    base = res["baselines"]["1"]
+    per = res["methods"]["gram1"]["shots"]["1"]
+    for task, acc in per["chosen"]["per_task"].items():
+        assert base["random"]["per_task"][task] - 1e-12 <= base["oracle"]["per_task"][task]
+        assert acc <= base["oracle"]["per_task"][task] + 1e-12
+    g = per["gain_over_random"]
+    assert g["lo"] <= g["mean"] <= g["hi"] and g["n"] == len(res["tasks"])
+    # the chosen source always belongs to another task
+    for key, (_, task) in per["chosen_sources"].items():
+        assert task != key.split("#")[0]
+
+
+def test_transfer_is_reproducible(use_zoo, gram1_results):
+    again = evaluate_transfer(
+        use_zoo, {"gram1": load_similarity(method="gram1")}, TransferConfig(**QUICK)
+    )
+    assert again["baselines"] == gram1_results["baselines"]
+    assert again["methods"]["gram1"]["shots"] == gram1_results["methods"]["gram1"]["shots"]
+
+
+def test_stacked_finetune_equals_single_model(use_zoo):
+    """The vectorised bank must give what fine-tuning one model alone gives."""
+    dataset = use_zoo.dataset()
+    task = use_zoo.tasks[0]
+    x, y = kshot(task, dataset, 2, (0, 2, 0, 0))
+    xt, yt = task.test_data(dataset)
+    sources = [r.id for r in use_zoo.records if r.task_id != 0][:4]
+    bank = SourceBank(use_zoo)
+    accs = bank.finetune([(m, 0) for m in sources], [(x, y)], [(xt, yt)], lr=3e-3, steps=8)
+    for m, acc in zip(sources, accs, strict=True):
+        module = fine_tune(use_zoo, m, x, y, steps=8, lr=3e-3)
+        with torch.no_grad():
+            single = (module(xt).argmax(1) == yt).double().mean().item()
+        assert acc == pytest.approx(single, abs=1e-9)
+
+
+def test_head_only_keeps_hidden_layers(use_zoo):
+    x, y = kshot(use_zoo.tasks[1], use_zoo.dataset(), 1, (0, 1, 0, 1))
+    tuned = fine_tune(use_zoo, 0, x, y, steps=5, head_only=True).state_dict()
+    source = use_zoo.state_dict(0)
+    last = max(int(k.split(".")[0]) for k in source)
+    for key, value in source.items():
+        if int(key.split(".")[0]) != last:
+            torch.testing.assert_close(tuned[key], value)
+    assert not torch.equal(tuned[f"{last}.weight"], source[f"{last}.weight"])
+
+
+class _Recording(Method):
+    """A learned method that notes which tasks each fit saw (embeds like gram1)."""
+
+    learned = True
+    fits: list[set[str]] = []
+
+    def fit(self, networks, tasks, context=None):
+        _Recording.fits.append({t.name for t in tasks})
+        return self
+
+    def embed(self, networks: Sequence, context: Context) -> np.ndarray:
+        return get_method("gram1").embed(networks, context)
+
+
+def test_learned_method_never_fits_on_its_target_task(use_zoo):
+    _Recording.fits = []
+    sim = Similarity("rec", _Recording(), learned=True)
+    res = evaluate_transfer(use_zoo, {"rec": sim}, TransferConfig(**QUICK, folds=3))
+    assert len(_Recording.fits) == 3
+    folds = res["folds"]
+    for f, seen in enumerate(_Recording.fits):
+        held = {t for t, g in folds.items() if g == f}
+        assert held and not (held & seen)
+        assert seen | held == set(res["tasks"])
+    assert res["methods"]["rec"]["shots"]["1"]["n_target_tasks"] == len(use_zoo.tasks)
+
+
+def test_saved_model_trained_on_every_task_is_refused(use_zoo):
+    sim = Similarity(
+        "lps", get_method("gram1"), True, frozenset(t.name for t in use_zoo.tasks), "saved"
+    )
+    with pytest.raises(ParamsimError, match="trained on every target task"):
+        evaluate_transfer(use_zoo, {"lps": sim}, TransferConfig(**QUICK))
+
+
+def test_saved_model_is_scored_on_unseen_tasks_only(use_zoo):
+    seen = frozenset(t.name for t in use_zoo.tasks[:4])
+    sim = Similarity("lps", get_method("gram1"), True, seen, "saved")
+    res = evaluate_transfer(use_zoo, {"lps": sim}, TransferConfig(**QUICK))
+    per = res["methods"]["lps"]["shots"]["1"]["chosen"]["per_task"]
+    assert set(per) == {t.name for t in use_zoo.tasks[4:]}
+
+
+def test_select_sources_ranks_other_models(use_zoo):
+    dataset = use_zoo.dataset()
+    x, y = kshot(use_zoo.tasks[0], dataset, 5, (1, 5, 0, 0))
+    got = select_sources(use_zoo, "gram1", x.numpy(), y.numpy(), k=4, exclude_tasks=["0 vs 1"])
+    assert len(got) == 4
+    assert all(g["task"] != "0 vs 1" for g in got)
+    sims = [g["similarity"] for g in got]
+    assert sims == sorted(sims, reverse=True)
+    # flat 64-vectors are reshaped to the zoo's input
+    again = select_sources(
+        use_zoo, "gram1", x.reshape(len(x), -1).numpy(), y.numpy(), k=4, exclude_tasks=["0 vs 1"]
+    )
+    assert again == got
+
+
+def test_select_sources_rejects_bad_labels(use_zoo):
+    x = np.zeros((4, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(ParamsimError, match="0/1 label"):
+        select_sources(use_zoo, "gram1", x, np.array([0, 0, 0, 0]))
+    with pytest.raises(ParamsimError, match="do not fit"):
+        select_sources(use_zoo, "gram1", np.zeros((4, 7)), np.array([0, 1, 0, 1]))
+
+
+def test_confidence_interval():
+    c = _ci(np.full(10, 0.25), seed=0)
+    assert c["lo"] == pytest.approx(0.25) and c["hi"] == pytest.approx(0.25)
+    g = np.random.default_rng(0).normal(1.0, 0.1, 200)
+    c = _ci(g, seed=0)
+    assert c["lo"] < 1.0 < c["hi"] and c["t_lo"] < c["mean"] < c["t_hi"]
+
+
+def test_config_validation():
+    with pytest.raises(ParamsimError, match="shots"):
+        TransferConfig(shots=(0,))
+    with pytest.raises(ParamsimError, match="folds"):
+        TransferConfig(folds=1)
+    with pytest.raises(ParamsimError, match="head"):
+        TransferConfig(head="x")
+
+
+def test_write_transfer(gram1_results, tmp_path):
+    written = write_transfer(gram1_results, tmp_path, key="abc")
+    assert set(written) == {"transfer.json", "transfer.png"}
+    table = format_transfer_table(gram1_results)
+    assert table.count("\n") == 2 and "gram1" in table
