@@ -1,6 +1,4 @@
-import gzip
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -8,33 +6,7 @@ import torch
 
 from paramsim.data import Task, group_tasks, load_cifar, load_digits, load_idx, pair_tasks
 from paramsim.errors import ParamsimError
-
-
-def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
-    codes = {np.dtype(np.uint8): 0x08}
-    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
-    data = header + array.tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-
-
-def make_idx_dir(tmp_path, gz=False):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 40), ("t10k", 20)):
-        write_idx(
-            tmp_path / f"{prefix}-images-idx3-ubyte",
-            rng.integers(0, 256, (n, 5, 5), dtype=np.uint8),
-            gz,
-        )
-        write_idx(
-            tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 4, n, dtype=np.uint8), gz
-        )
-    return tmp_path
+from synthetic_files import make_idx_dir
 
 
 def test_digits_split_is_fixed_stratified_and_in_unit_range():
