@@ -242,3 +242,25 @@ def test_files_that_are_not_checkpoints(tmp_path: Path) -> None:
             load(tmp_path / name)
     with pytest.raises(ParamsimError, match="cannot load"):
         load(42)  # type: ignore[arg-type]
+
+
+def test_safetensors_mlp_with_ten_plus_modules_keeps_layer_order(tmp_path: Path) -> None:
+    """safetensors stores keys sorted as strings ('layers.10' < 'layers.2'); with equal widths
+    a string-ordered chain would load silently in the wrong order."""
+    torch.manual_seed(0)
+    body = [nn.Linear(16, 8)] + [nn.Linear(8, 8) for _ in range(10)] + [nn.Linear(8, 2)]
+    holder = nn.Module()
+    holder.layers = nn.ModuleList(body)
+    reference = nn.Sequential(nn.Flatten(), *[m for lay in body for m in (lay, nn.ReLU())][:-1])
+    save_file(holder.state_dict(), str(tmp_path / "deep.safetensors"))
+    _assert_same_function(load(tmp_path / "deep.safetensors"), reference, (1, 4, 4))
+
+
+def test_module_without_flatten_reads_images() -> None:
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    net = from_module(module, (1, 4, 4))
+    x = torch.rand(5, 1, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), module(x.flatten(1)))
+    assert net.signature() == from_module(nn.Sequential(nn.Flatten(), *module)).signature()

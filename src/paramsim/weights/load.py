@@ -88,7 +88,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ArchSpec | N
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            # safetensors lists keys sorted as strings ("10.weight" before "2.weight"); the
+            # layer chain of a spec-less MLP is read in key order, so restore numeric order.
+            keys = sorted(f.keys(), key=_natural_key)
+            sd = {k: f.get_tensor(k) for k in keys}
     except Exception as exc:  # safetensors raises its own error types, and OSError
         raise ParamsimError(
             f"{path} is not a readable safetensors file ({exc}); is it truncated?"
@@ -101,6 +104,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ArchSpec | N
         except (ParamsimError, ValueError):
             spec = None  # metadata from another tool; the caller may still pass a spec
     return sd, spec
+
+
+def _natural_key(key: str) -> list[str | int]:
+    """Sort key that orders digit runs as numbers: 'layers.2' before 'layers.10'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 def _read_torch(path: Path) -> Any:
@@ -371,9 +379,14 @@ def from_module(module: nn.Module, input_shape: tuple[int, int, int] | None = No
         Layer(lay.kind, lay.weight, lay.bias, lay.padding, tuple(p))
         for lay, p in zip(layers, posts, strict=True)
     ]
+    # A module that starts with Linear and no Flatten reads flat vectors; the canonical form
+    # reads images (N, C, H, W), so it flattens first (a no-op on flat inputs).
+    flat_input = layers[0].kind == "linear" and not {"flatten", "gap"} & set(input_ops)
+    if flat_input:
+        input_ops.insert(0, "flatten")
     shape = _input_shape(layers, input_ops, input_shape)
     net = Network(tuple(layers), shape, tuple(input_ops))
-    _verify(net, module, opaque)
+    _verify(net, module, opaque, flat_input)
     return net
 
 
@@ -476,12 +489,12 @@ def _input_shape(
     return _guess_shape(first.weight.shape[1])
 
 
-def _verify(net: Network, module: nn.Module, opaque: bool) -> None:
+def _verify(net: Network, module: nn.Module, opaque: bool, flat_input: bool) -> None:
     """For containers with their own forward, check the leaf order really is the computation."""
     if not opaque:
         return
     x = torch.rand((3, *net.input_shape), generator=torch.Generator().manual_seed(0))
-    if net.layers[0].kind == "linear" and not net.input_ops:
+    if flat_input:
         x = x.flatten(1)
     was_training = module.training
     module.eval()
