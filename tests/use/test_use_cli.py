@@ -84,3 +84,26 @@ def test_reproduce_command_refuses_non_zoo_dir(tmp_path, capsys):
     (bad / "file.txt").write_text("x")
     assert main(["reproduce", "--quick", "--zoo", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "not a zoo directory" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def saved_lps(use_zoo, tmp_path_factory):
+    lps = pytest.importorskip("paramsim.lps")
+    nets = use_zoo.networks()
+    tasks = [r.task for r in use_zoo.records]
+    keep = [i for i, t in enumerate(tasks) if t.name not in ("3 vs 4", "4 vs 5")]
+    model = lps.LPS(fit_config=lps.FitConfig(epochs=1, val_fraction=0.0))
+    model.fit([nets[i] for i in keep], [tasks[i] for i in keep])
+    return model.save(tmp_path_factory.mktemp("lps") / "lps")
+
+
+def test_relate_and_transfer_with_saved_model(use_zoo, saved_lps, tmp_path, capsys):
+    out = tmp_path / "rel"
+    assert main(["relate", str(use_zoo.path), "--model", str(saved_lps), "--out", str(out)]) == 0
+    assert "trained on 4 of the 6 tasks" in capsys.readouterr().out
+    args = ["transfer", str(use_zoo.path), "--model", str(saved_lps), "--shots", "1"]
+    args += ["--repeats", "1", "--finetune-steps", "5", "--out", str(tmp_path / "tr"), "-q"]
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "tr" / "transfer.json").read_text())
+    per = doc["methods"]["lps"]["shots"]["1"]["chosen"]["per_task"]
+    assert set(per) == {"3 vs 4", "4 vs 5"}  # only the tasks the model never saw

@@ -164,7 +164,13 @@ def _eval_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict:
     extra_skipped: dict[str, str] = {}
     t0 = time.perf_counter()
     with _lps_registered(cfg, names, extra_skipped):
-        results = evaluate_zoo(zoo, names, n_splits=cfg.splits, seed=cfg.seed)
+        results = evaluate_zoo(
+            zoo,
+            names,
+            n_splits=cfg.splits,
+            seed=cfg.seed,
+            progress=lambda name, i: say(f"  eval: {name} split {i + 1}/{cfg.splits} done"),
+        )
     results["skipped"] = {**extra_skipped, **results.get("skipped", {})}
     order = list(results.get("method_order") or results["methods"])
     results["method_order"] = order + [n for n in extra_skipped if n not in order]

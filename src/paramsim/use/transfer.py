@@ -68,6 +68,7 @@ class TransferConfig:
     probe_steps: int = 100
     probe_lr: float = 1e-2
     probe_init_scale: float = 0.2  # small: the probe's weights then mostly hold what it learned
+    probes: int = 1  # probe models per draw (seeds differ); their similarities are averaged
     finetune_steps: int = 40
     finetune_lr: float = 3e-3
     finetune: str = "all"  # "all" layers or only the "head"
@@ -83,6 +84,8 @@ class TransferConfig:
             object.__setattr__(self, "targets", tuple(self.targets))
         if not self.shots or min(self.shots) < 1:
             raise ParamsimError(f"shots must be positive integers, got {self.shots}")
+        if self.probes < 1:
+            raise ParamsimError(f"probes must be at least 1, got {self.probes}")
         if self.repeats < 1:
             raise ParamsimError(f"repeats must be at least 1, got {self.repeats}")
         if self.finetune not in ("all", "head"):
@@ -385,12 +388,20 @@ class _Instance:
     x: torch.Tensor
     y: torch.Tensor
     scratch: float = math.nan
-    probe: Any = None
+    probes: list = field(default_factory=list)
     finetune: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def _probe_seed(seed: int, k: int, repeat: int, task_id: int) -> int:
-    return int(np.random.default_rng([seed, k, repeat, task_id, 1]).integers(0, 2**31 - 1))
+def _probe_seed(seed: int, k: int, repeat: int, task_id: int, probe: int = 0) -> int:
+    rng = np.random.default_rng([seed, k, repeat, task_id, 1, probe])
+    return int(rng.integers(0, 2**31 - 1))
+
+
+def _probe_similarity(method, instances, rows, networks, cfg) -> np.ndarray:
+    """(len(rows), n_models): similarity to each draw's probes, averaged over its probes."""
+    queries = [p for j in rows for p in instances[j].probes]
+    S = cross_similarity(method, queries, networks, Context(seed=cfg.seed))
+    return S.reshape(len(rows), cfg.probes, -1).mean(axis=1)
 
 
 def _fold_of(task_names: Sequence[str], folds: int, seed: int) -> dict[str, int]:
@@ -466,21 +477,22 @@ def evaluate_transfer(
             for r in range(cfg.repeats):
                 x, y = kshot(zoo.tasks[t], dataset, k, (cfg.seed, k, r, t))
                 batch.append(_Instance(t, k, r, x, y))
-        seeds = [_probe_seed(cfg.seed, k, b.repeat, b.task_id) for b in batch]
+        P = cfg.probes
+        seeds = [_probe_seed(cfg.seed, k, b.repeat, b.task_id, p) for b in batch for p in range(P)]
         stack = train_probes(
             arch,
-            [(zoo.tasks[b.task_id], b.x, b.y) for b in batch],
+            [(zoo.tasks[b.task_id], b.x, b.y) for b in batch for _ in range(P)],
             seeds,
             cfg.probe_lr,
             cfg.probe_steps,
             cfg.probe_init_scale,
         )
-        acc = _test_accuracy(stack, [tests[b.task_id] for b in batch])
+        acc = _test_accuracy(stack, [tests[b.task_id] for b in batch for _ in range(P)])
         for i, b in enumerate(batch):
-            b.scratch = float(acc[i])
-            b.probe = from_state_dict(stack.state_dict(i), arch)
+            b.scratch = float(acc[i * P : (i + 1) * P].mean())
+            b.probes = [from_state_dict(stack.state_dict(i * P + p), arch) for p in range(P)]
         instances += batch
-    say(f"trained {len(instances)} probe models")
+    say(f"trained {len(instances) * cfg.probes} probe models")
 
     # 2. every source of another task fine-tuned on every instance (method independent)
     bank = SourceBank(zoo)
@@ -525,12 +537,7 @@ def evaluate_transfer(
                         continue
                     say(f"{name}: fitting fold {f + 1}/{cfg.folds} without {len(held)} tasks")
                     fitted = fit_excluding(sim, networks, model_tasks, held, cfg.seed + f)
-                    S[rows] = cross_similarity(
-                        fitted.method,
-                        [instances[j].probe for j in rows],
-                        networks,
-                        Context(seed=cfg.seed),
-                    )
+                    S[rows] = _probe_similarity(fitted.method, instances, rows, networks, cfg)
             else:
                 seen = sim.seen_tasks or frozenset()
                 rows = [j for j, inst in enumerate(instances) if names[inst.task_id] not in seen]
@@ -539,9 +546,7 @@ def evaluate_transfer(
                         f"{sim.name} trained on every target task ({sim.source}); fit it on a "
                         "subset of tasks or use --method lps, which is fitted per fold"
                     )
-                S[rows] = cross_similarity(
-                    sim.method, [instances[j].probe for j in rows], networks, Context(seed=cfg.seed)
-                )
+                S[rows] = _probe_similarity(sim.method, instances, rows, networks, cfg)
         except ParamsimError:
             raise
         except Exception as exc:  # a failing method is reported, not fatal
