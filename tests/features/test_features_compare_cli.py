@@ -50,6 +50,7 @@ def test_compare_prints_similarity(files, capsys) -> None:
     "extra, message",
     [
         (["--method", "cka"], "needs a dataset"),
+        (["--method", "stats"], "at least 3"),  # two networks z-score to a constant -1
         (["--spec", "{not json"], "not valid JSON"),
         (["--spec", "missing.json"], "neither"),
     ],

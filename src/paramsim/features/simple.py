@@ -49,13 +49,19 @@ class StatsMethod(FixedMethod):
     """Per-layer mean, variance and quantiles of weights and of biases, z-scored, cosine.
 
     The z-scoring uses the networks given to `embed`, so embeddings depend on the set:
-    compare networks within one call. With fewer than 3 networks every feature is +-1 or 0.
+    compare networks within one call. With two networks every feature would be +-1 (cosine
+    -1 whatever the weights), so at least 3 are required.
     """
 
     name = "stats"
     weights_only = True
 
     def check(self, networks: Sequence[Network]) -> str | None:
+        if len(networks) < 3:
+            return (
+                f"stats z-scores features over the networks compared and needs at least 3, "
+                f"got {len(networks)}; compare within a set (paramsim eval) or use another method"
+            )
         depths = {len(n.layers) for n in networks}
         if len(depths) > 1:
             return f"stats compares layer by layer and the networks have {sorted(depths)} layers"
