@@ -12,9 +12,12 @@ from paramsim.eval import protocol
     [
         (["--methods", "nosuch"], "unknown method"),
         (["--splits", "0"], "--splits"),
+        (["--out", "a-file"], "is a file"),
     ],
 )
-def test_bad_input_exit_2(tmp_path, capsys, args, message):
+def test_bad_input_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a directory")
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     code = main(["eval", str(zoo), "--out", str(tmp_path / "out"), *args])

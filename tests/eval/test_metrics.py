@@ -141,6 +141,11 @@ def test_classification_rules():
     assert metrics.classification_accuracy(S, lab, [4, 5], [0, 1, 2, 3], "1nn") == 0.5
     with pytest.raises(ValueError):
         metrics.classification_accuracy(S, lab, [4], [0], "knn")
+    # exact ties go to the lowest task label under both rules, whatever the reference order
+    tie = np.ones((6, 6))
+    for rule in ("mean", "1nn"):
+        assert metrics.classification_accuracy(tie, lab, [4, 5], [3, 2, 1, 0], rule) == 0.5
+        assert metrics.classification_accuracy(tie, lab, [4], [3, 2, 1, 0], rule) == 1.0
 
 
 @settings(max_examples=25, deadline=None)

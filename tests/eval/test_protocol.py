@@ -204,3 +204,24 @@ def test_adapter_wraps_duck_typed_learned_methods(setup):
     flat = evaluate(nets, model_tasks, [FlatMethod()], splits)["methods"]["flat-test"]
     assert res["methods"]["duck"]["map"]["mean"] == pytest.approx(flat["map"]["mean"])
     assert m.obj.seen_val is None  # the prototype stayed unfitted; copies were fitted
+
+
+class DuckNoVal:
+    """Not a Method, and its fit has no `val`: validation tasks must join its training set."""
+
+    fits: list[set] = []
+
+    def fit(self, networks, tasks):
+        DuckNoVal.fits.append(set(tasks))
+
+    def embed(self, networks):
+        return FlatMethod().embed(networks, Context())
+
+
+def test_adapter_without_val_trains_on_validation_tasks(setup):
+    nets, model_tasks, splits = setup
+    DuckNoVal.fits.clear()
+    evaluate(nets, model_tasks, {"duck": protocol.as_method(DuckNoVal(), "duck")}, splits)
+    _, tasks = index_tasks(model_tasks)
+    for sp, fit in zip(splits, DuckNoVal.fits, strict=True):
+        assert fit == {tasks[t] for t in sp.train_tasks + sp.val_tasks}

@@ -92,6 +92,8 @@ def eval_command(
         raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
     if threads is not None and threads < 1:
         raise ParamsimError(f"--threads must be at least 1, got {threads}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParamsimError(f"--out {out_dir} is a file; give a directory for the report")
     names = parse_method_names(methods)
     store = open_zoo(zoo)
     set_threads(threads)

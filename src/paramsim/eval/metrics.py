@@ -220,6 +220,7 @@ def classification_accuracy(
     if len(q) == 0 or len(r) == 0:
         return float("nan")
     labels = np.asarray(labels)
+    r = r[np.argsort(labels[r], kind="stable")]  # argmax takes the first: the lowest label
     sim = _clean(np.asarray(S)[np.ix_(q, r)])
     ref_lab = labels[r]
     if rule == "1nn":

@@ -223,9 +223,10 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
 ProgressFn = Callable[[str, int], None]
 
 
-def _fit_accepts_val(method: Method) -> bool:
+def _accepts_val(fit: Callable) -> bool:
+    """Whether a fit function names a `val` parameter (validation tasks for early stopping)."""
     try:
-        return "val" in inspect.signature(method.fit).parameters
+        return "val" in inspect.signature(fit).parameters
     except (TypeError, ValueError):
         return False
 
@@ -373,7 +374,7 @@ def _evaluate_method(
             t0 = time.perf_counter()
             train = list(sp.train_ids)
             val = list(sp.val_ids)
-            if _fit_accepts_val(fitted):
+            if _accepts_val(fitted.fit):
                 fitted.fit(
                     [networks[i] for i in train],
                     [model_tasks[i] for i in train],
@@ -526,6 +527,10 @@ class MethodAdapter(Method):
         return fn(networks) if callable(fn) else None
 
     def fit(self, networks, tasks, context, val=None) -> MethodAdapter:
+        if val is not None and not _accepts_val(self.obj.fit):
+            # as in evaluate(): without a validation parameter, validation tasks train too
+            networks, tasks = [*networks, *val[0]], [*tasks, *val[1]]
+            val = None
         fitted = _call_with_optional(self.obj.fit, networks, tasks, context=context, val=val)
         if fitted is not None:
             self.obj = fitted
