@@ -29,6 +29,7 @@ import numpy as np
 from paramsim.data import Task, relation_matrix
 from paramsim.errors import ParamsimError
 from paramsim.eval import metrics
+from paramsim.features import FIXED_METHODS, get_method
 from paramsim.features.base import Context, Method, cosine_matrix
 from paramsim.weights import Network
 
@@ -455,23 +456,6 @@ def unregister_method(name: str) -> None:
     _FACTORIES.pop(name, None)
 
 
-def _features():
-    try:
-        from paramsim import features
-    except ImportError as exc:  # pragma: no cover - depends on the features package
-        raise ParamsimError(f"paramsim.features cannot be imported ({exc})") from exc
-    return features
-
-
-def fixed_method_names() -> list[str]:
-    """Names of the built-in fixed methods (empty while paramsim.features lacks them)."""
-    try:
-        from paramsim.features import FIXED_METHODS
-    except ImportError:
-        return []
-    return [m if isinstance(m, str) else getattr(m, "name", str(m)) for m in FIXED_METHODS]
-
-
 _PLUGINS = ("paramsim.lps",)  # packages that register their methods on import
 
 
@@ -489,7 +473,7 @@ def _load_plugins() -> None:
 def known_method_names() -> list[str]:
     _load_plugins()
     names = list(_FACTORIES)
-    names += [n for n in fixed_method_names() if n not in names]
+    names += [n for n in FIXED_METHODS if n not in names]
     if "lps" not in names:
         names.append("lps")
     return names
@@ -551,30 +535,20 @@ def as_method(obj: Any, name: str) -> Method:
     return obj if isinstance(obj, Method) else MethodAdapter(obj, name)
 
 
-def _lps_method() -> Method | str:
+def _lps_unavailable() -> str:
+    """Why "lps" is not registered: paramsim.lps registers it on import (see _PLUGINS)."""
     try:
-        import paramsim.lps as lps
+        import paramsim.lps  # noqa: F401
     except Exception as exc:
         return f"paramsim.lps is not available ({type(exc).__name__}: {exc})"
-    for attr in ("get_method", "make_method"):
-        fn = getattr(lps, attr, None)
-        if callable(fn):
-            try:
-                return as_method(fn("lps") if attr == "get_method" else fn(), "lps")
-            except TypeError:
-                return as_method(fn(), "lps")
-    for attr in ("LPSMethod", "LPS"):
-        cls = getattr(lps, attr, None)
-        if isinstance(cls, type):
-            return as_method(cls(), "lps")
-    return "paramsim.lps has no get_method, make_method, LPS or LPSMethod to build it from"
+    return "paramsim.lps registered no method named 'lps'"
 
 
 def resolve_method(name: str) -> Method | str:
     """A method instance for `name`, or a string saying why it cannot run here.
 
-    Unknown names raise ParamsimError. Order: registered factories, then "lps" from
-    paramsim.lps (imported lazily), then `paramsim.features.get_method`.
+    Unknown names raise ParamsimError. Order: registered factories (paramsim.lps registers
+    "lps" when imported), then the fixed methods of `paramsim.features`.
     """
     if name not in _FACTORIES:
         _load_plugins()
@@ -582,30 +556,18 @@ def resolve_method(name: str) -> Method | str:
         got = _FACTORIES[name]()
         return got if isinstance(got, str) else as_method(got, name)
     if name == "lps":
-        return _lps_method()
-    fixed = fixed_method_names()
-    try:
-        return as_method(_features().get_method(name), name)
-    except ParamsimError:
-        raise
-    except Exception as exc:
-        if name in fixed:
-            return f"cannot build {name}: {type(exc).__name__}: {exc}"
+        return _lps_unavailable()
+    if name not in FIXED_METHODS:
         raise ParamsimError(
             f"unknown method {name!r}; choose from {', '.join(known_method_names())}"
-        ) from exc
+        )
+    return get_method(name)
 
 
 def parse_method_names(text: str | Sequence[str] | None) -> list[str]:
     """Comma list -> names; None -> all fixed methods. Rejects unknown and repeated names."""
     if text is None:
-        names = fixed_method_names()
-        if not names:
-            raise ParamsimError(
-                "no fixed methods are available (paramsim.features is missing); "
-                "name methods with --methods"
-            )
-        return names
+        return list(FIXED_METHODS)
     raw = text.split(",") if isinstance(text, str) else list(text)
     names = [n.strip() for n in raw if n.strip()]
     if not names:
@@ -632,10 +594,8 @@ def open_zoo(path: str | Path):
         raise ParamsimError(
             f"zoo directory {path} does not exist; build one with `paramsim zoo build`"
         )
-    try:
-        from paramsim.zoo import Zoo
-    except ImportError as exc:
-        raise ParamsimError(f"the zoo store is not available ({exc})") from exc
+    from paramsim.zoo import Zoo
+
     return Zoo.open(path)
 
 
