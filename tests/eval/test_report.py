@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from eval_helpers import FlatMethod, NoiseMethod
 
+from paramsim import atomic
 from paramsim.eval import report
 from paramsim.eval.protocol import evaluate, index_tasks, make_splits
 
@@ -61,7 +62,7 @@ def test_failure_leaves_old_files_and_no_temp(results, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", broken)
+    monkeypatch.setattr(atomic.os, "replace", broken)
     with pytest.raises(OSError):
         report.write_report(results, tmp_path)
     after = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import click
 import torch
 
+from paramsim.atomic import atomic_path, atomic_write
 from paramsim.cli.common import quiet_option, set_threads, threads_option
 from paramsim.errors import ParamsimError
 
@@ -24,12 +23,19 @@ def zoo() -> None:
 @zoo.command()
 @click.argument("recipe")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Zoo directory.")
-@click.option("--models-per-task", type=int, default=None, help="Override the recipe's count.")
+@click.option(
+    "--models-per-task",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the recipe's count.",
+)
 @click.option("--tasks", default=None, help="all | disjoint | groups:N | pairs like 0-1,2-3.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-dir", type=click.Path(), default=None, help="For IDX and CIFAR recipes.")
-@click.option("--shard-size", type=int, default=None, help="Models trained together.")
+@click.option(
+    "--shard-size", type=click.IntRange(min=1), default=None, help="Models trained together."
+)
 @threads_option
 @quiet_option
 def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_size, threads, quiet):
@@ -39,8 +45,6 @@ def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_siz
     set_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ParamsimError(f"--device {device} asked for, but CUDA is not available; use cpu")
-    if models_per_task is not None and models_per_task < 1:
-        raise ParamsimError("--models-per-task must be at least 1")
     rec = load_recipe(recipe).with_overrides(
         models_per_task=models_per_task, tasks=tasks, shard_size=shard_size
     )
@@ -103,20 +107,13 @@ def export(directory, model_id, out):
     path = Path(out)
     if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise ParamsimError(f"cannot tell the format of {out}; end it in .safetensors or .pt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(sd, tmp, metadata={"arch": rec.arch.to_json(), "task": rec.task.name})
         else:
             torch.save(sd, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     spec = {
         "arch": json.loads(rec.arch.to_json()),
         "task": rec.task.name,
@@ -124,7 +121,7 @@ def export(directory, model_id, out):
         "test_acc": rec.test_acc,
     }
     spec_path = path.with_name(path.name + ".json")
-    spec_path.write_text(json.dumps(spec, indent=2))
+    atomic_write(spec_path, json.dumps(spec, indent=2))
     print(f"wrote {path} (task {rec.task.name}, {rec.arch.label}) and {spec_path}", file=sys.stderr)
 
 

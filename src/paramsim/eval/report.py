@@ -7,17 +7,16 @@ leaves a half-written file behind; at worst an older complete file stays.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from paramsim.atomic import atomic_write
 
 COLUMNS = (
     ("mAP", "map"),
@@ -196,23 +195,6 @@ def plot_relation(results: Mapping[str, Any], method: str | None = None) -> byte
         return _figure_bytes(fig)
     finally:
         plt.close(fig)
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Replace `path` with `data` in one step; the temp file never survives a failure."""
-    path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:

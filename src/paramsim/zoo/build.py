@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 from paramsim.data import Dataset, load_dataset
 from paramsim.errors import ParamsimError
@@ -32,13 +30,19 @@ class Shard:
     plans: tuple[ModelPlan, ...]
 
 
+def family_key(plan: ModelPlan) -> tuple:
+    """Plans with equal keys can be trained together (narrower ones padded)."""
+    a = plan.arch
+    return (a.kind, len(a.hidden), a.batchnorm, a.pool_after, plan.batch_size, plan.optimizer)
+
+
 def plan_shards(plans: list[ModelPlan], shard_size: int) -> list[Shard]:
-    """Group plans by trainable family (kind, depth), then cut into shards in id order."""
+    """Group plans by trainable family, then cut into shards in id order."""
+    if shard_size < 1:
+        raise ParamsimError(f"shard size must be at least 1, not {shard_size}")
     families: dict[tuple, list[ModelPlan]] = {}
     for p in plans:
-        a = p.arch
-        key = (a.kind, len(a.hidden), a.batchnorm, a.pool_after, p.batch_size, p.optimizer)
-        families.setdefault(key, []).append(p)
+        families.setdefault(family_key(p), []).append(p)
     shards = []
     for fam in families.values():
         for start in range(0, len(fam), shard_size):
@@ -78,18 +82,11 @@ def train_shard(
             for p in retry
         ]
         # A retrain must stay in the shard's family so it trains with the others.
-        todo = [_same_family(new, old) for new, old in zip(todo, retry, strict=True)]
+        todo = [
+            new if family_key(new) == family_key(old) else replace(new, arch=old.arch)
+            for new, old in zip(todo, retry, strict=True)
+        ]
     return [results[p.model_id] for p in plans]
-
-
-def _same_family(new: ModelPlan, old: ModelPlan) -> ModelPlan:
-    from dataclasses import replace
-
-    return (
-        new
-        if new.arch.kind == old.arch.kind and len(new.arch.hidden) == len(old.arch.hidden)
-        else replace(new, arch=old.arch)
-    )
 
 
 def build_zoo(
@@ -103,12 +100,12 @@ def build_zoo(
 ) -> Path:
     """Build (or resume) the zoo in `out`. Returns the directory."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(recipe.dataset, data_dir)
     tasks, plans = recipe.plan(dataset.n_classes, dataset.input_shape, seed)
     if not plans:
         raise ParamsimError("the recipe plans no models; check --tasks and --models-per-task")
     shards = plan_shards(plans, recipe.shard_size)
+    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "recipe": recipe.name,
         "recipe_settings": json.loads(json.dumps(recipe.__dict__, default=list)),
@@ -193,7 +190,3 @@ def _progress(total: int, enabled: bool, recipe: Recipe):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=f"zoo {recipe.name}", unit="step")
-
-
-def default_threads() -> int:
-    return torch.get_num_threads()

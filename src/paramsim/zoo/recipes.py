@@ -47,7 +47,10 @@ class Recipe:
 
     def task_list(self, n_classes: int, seed: int) -> list[Task]:
         if self.tasks.startswith("groups:"):
-            return group_tasks(n_classes, int(self.tasks.split(":")[1]), seed=seed)
+            count = self.tasks.split(":", 1)[1]
+            if not count.isdigit() or int(count) < 1:
+                raise ParamsimError(f"cannot read tasks {self.tasks!r}; write groups:N, N >= 1")
+            return group_tasks(n_classes, int(count), seed=seed)
         return pair_tasks(n_classes, self.tasks)
 
     def draw(

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from paramsim.atomic import atomic_path
 from paramsim.data import Dataset, Task, load_dataset
 from paramsim.errors import ParamsimError
 from paramsim.zoo.arch import ArchSpec
@@ -70,15 +69,8 @@ def file_sha256(path: Path) -> str:
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ class Zoo:
                 f"{self.path} is not a zoo (no {REGISTRY}); build one with "
                 f"`paramsim zoo build digits-pairs --out {self.path}`"
             )
-        self._shard_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._shard_cache: dict[str, dict[str, torch.Tensor]] = {}  # the last shard read
 
     @classmethod
     def open(cls, directory: str | Path) -> Zoo:
@@ -123,7 +115,8 @@ class Zoo:
 
     def _query(self, sql: str, args: Sequence = ()) -> list[tuple]:
         try:
-            with sqlite3.connect(f"file:{self.path / REGISTRY}?mode=ro", uri=True) as conn:
+            uri = (self.path / REGISTRY).resolve().as_uri() + "?mode=ro"
+            with sqlite3.connect(uri, uri=True) as conn:
                 return conn.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
             raise ParamsimError(
@@ -162,13 +155,27 @@ class Zoo:
     def dataset(self, data_dir: str | Path | None = None) -> Dataset:
         return load_dataset(self.meta["dataset"], data_dir or self.meta.get("data_dir"))
 
+    @cached_property
+    def _by_id(self) -> dict[int, ModelRecord]:
+        return {r.id: r for r in self.records}
+
     def record(self, model_id: int) -> ModelRecord:
-        if not 0 <= model_id < len(self.records) or self.records[model_id].id != model_id:
-            raise ParamsimError(f"{self.path} has no model {model_id} (ids 0-{len(self) - 1})")
-        return self.records[model_id]
+        rec = self._by_id.get(int(model_id))
+        if rec is None:
+            raise ParamsimError(
+                f"{self.path} has no model {model_id} ({len(self)} models"
+                + ("" if self.summary_complete else "; the build is incomplete: rerun it")
+                + ")"
+            )
+        return rec
+
+    @property
+    def summary_complete(self) -> bool:
+        return len(self) == self.meta.get("planned_models")
 
     def _shard(self, name: str) -> dict[str, torch.Tensor]:
         if name not in self._shard_cache:
+            self._shard_cache.clear()  # hold one shard at a time, whatever the zoo's size
             path = self.path / "shards" / name
             try:
                 self._shard_cache[name] = load_file(path)
@@ -204,8 +211,15 @@ class Zoo:
         return from_state_dict(self.state_dict(model_id), self.record(model_id).arch)
 
     def networks(self, ids: Iterable[int] | None = None) -> list:
-        ids = range(len(self)) if ids is None else ids
-        return [self.network(int(i)) for i in ids]
+        """Canonical networks in the order of `ids` (all models by default).
+
+        Models are read shard by shard, so each shard file is loaded once.
+        """
+        ids = [r.id for r in self.records] if ids is None else [int(i) for i in ids]
+        out: dict[int, object] = {}
+        for i in sorted(set(ids), key=lambda i: (self.record(i).shard, i)):
+            out[i] = self.network(i)
+        return [out[i] for i in ids]
 
     def verify(self) -> list[str]:
         """Names of shards whose file checksum does not match the registry."""
@@ -236,7 +250,7 @@ class Zoo:
             "seed": self.meta.get("seed"),
             "tasks": len(self.tasks),
             "models": len(self),
-            "complete": len(self) == self.meta.get("planned_models"),
+            "complete": self.summary_complete,
             "architectures": archs,
             "retrained_models": int(sum(r.retrains > 0 for r in self.records)),
             "test_acc": {k: round(float(v), 4) for k, v in spread(test).items()},
