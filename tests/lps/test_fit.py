@@ -14,7 +14,7 @@ from paramsim.errors import ParamsimError
 from paramsim.lps import LPS, FitConfig, LPSConfig, filter_extra, retrieval_map
 from paramsim.weights import Layer, Network
 
-FAST = FitConfig(epochs=3, patience=5, tasks_per_batch=4, models_per_task=3)
+FAST = FitConfig(epochs=3, patience=5, tasks_per_batch=4, models_per_task=3, min_batches=1)
 CFG = LPSConfig(emb_dim=16, rank=16, n_probes=8)
 
 

@@ -75,11 +75,12 @@ class FitConfig:
     epochs: int = 30
     patience: int = 6  # epochs without a better validation mAP before stopping
     lr: float = 1e-3
-    lr_probes: float = 3e-2
+    lr_probes: float = 0.1
     weight_decay: float = 1e-4
     temperature: float = 0.1
     tasks_per_batch: int = 64
     models_per_task: int = 4
+    min_batches: int = 8  # per epoch, so a small zoo still gets enough steps per epoch
     val_fraction: float = 0.2  # of training tasks, when no validation set is given
     rescale_aug: float = 0.5  # log-uniform ReLU rescaling of hidden units, +-this in log space
     noise_aug: float = 0.02  # weight noise, relative to each layer's weight std

@@ -172,7 +172,7 @@ def _batches(labels: np.ndarray, cfg: FitConfig, rng: np.random.Generator) -> li
         by_task.setdefault(int(t), []).append(i)
     queues = {t: list(rng.permutation(v)) for t, v in by_task.items()}
     tasks = [t for t, v in by_task.items() if len(v) >= 2]
-    n_batches = max(1, len(labels) // (cfg.tasks_per_batch * cfg.models_per_task))
+    n_batches = max(cfg.min_batches, len(labels) // (cfg.tasks_per_batch * cfg.models_per_task))
     out = []
     for _ in range(n_batches):
         chosen = rng.choice(tasks, size=min(cfg.tasks_per_batch, len(tasks)), replace=False)
