@@ -1,11 +1,15 @@
+import importlib
 import json
 import time
 
 import pytest
 
 from paramsim.cli import main
-from paramsim.use import reproduce as rep
 from paramsim.use.reproduce import ReproduceConfig, reproduce
+
+rep = importlib.import_module(
+    "paramsim.use.reproduce"
+)  # the module; the package exports the function
 
 
 def test_relate_command(use_zoo, tmp_path, capsys):
