@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from paramsim.atomic import atomic_write
 from paramsim.data import Task
 from paramsim.errors import ParamsimError
-from paramsim.eval.report import atomic_write, jsonable
+from paramsim.eval.report import jsonable
 from paramsim.features.base import Context, Method, cosine_matrix
 from paramsim.weights import Network
 

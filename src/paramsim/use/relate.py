@@ -253,7 +253,7 @@ def write_relation(
     res: Mapping[str, Any], out_dir: str | Path, key: str | None = None
 ) -> dict[str, Path]:
     """relation.json and three PNGs, each rendered first and then written atomically."""
-    from paramsim.eval.report import atomic_write
+    from paramsim.atomic import atomic_write
 
     out = Path(out_dir)
     pngs = {

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from paramsim.eval.report import atomic_write
+from paramsim.atomic import atomic_write
 
 
 def _f(v: Any, fmt: str = ".3f") -> str:

@@ -747,7 +747,7 @@ def plot_transfer(results: Mapping[str, Any]) -> bytes | None:
 def write_transfer(
     results: Mapping[str, Any], out_dir: str | Path, key: str | None = None
 ) -> dict[str, Path]:
-    from paramsim.eval.report import atomic_write
+    from paramsim.atomic import atomic_write
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
