@@ -98,9 +98,9 @@ def bench_search(n: int, dim: int, n_queries: int) -> None:
     from paramsim.index import EmbeddingIndex
 
     rng = np.random.default_rng(0)
-    for threads in (1, 2):
+    for storage, threads in [("flat", 1), ("flat", 2), ("fp16", 1), ("fp16", 2)]:
         faiss.omp_set_num_threads(threads)
-        idx = EmbeddingIndex(dim)
+        idx = EmbeddingIndex(dim, storage=storage)
         for start in range(0, n, 200_000):
             idx.add(rng.standard_normal((min(200_000, n - start), dim), dtype=np.float32))
         q = rng.standard_normal((n_queries, dim), dtype=np.float32)
@@ -113,7 +113,7 @@ def bench_search(n: int, dim: int, n_queries: int) -> None:
         idx.search(q, 10)
         batched = (time.perf_counter() - t0) / n_queries
         print(
-            f"search: {n:,} x {dim} stored, k=10, {threads} thread(s): "
+            f"search ({storage}): {n:,} x {dim} stored, k=10, {threads} thread(s): "
             f"{1000 * single:.2f} ms/query one at a time, {1000 * batched:.2f} ms/query "
             f"in a batch of {n_queries}"
         )

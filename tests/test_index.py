@@ -49,3 +49,18 @@ def test_k_larger_than_index_and_bad_inputs(tmp_path):
     (tmp_path / "i" / META_FILE).write_text(json.dumps(doc))
     with pytest.raises(ParamsimError, match="version 7"):
         EmbeddingIndex.load(tmp_path / "i")
+
+
+def test_fp16_storage_is_exhaustive_and_close(tmp_path):
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(200, 16)).astype(np.float32)
+    exact, fp16 = EmbeddingIndex(16), EmbeddingIndex(16, storage="fp16")
+    exact.add(emb)
+    fp16.add(emb)
+    s1, i1 = exact.search(emb[:5], k=5)
+    fp16.save(tmp_path / "f")
+    s2, i2 = EmbeddingIndex.load(tmp_path / "f").search(emb[:5], k=5)
+    np.testing.assert_allclose(s1, s2, atol=2e-3)
+    assert (i1[:, 0] == i2[:, 0]).all()
+    with pytest.raises(ParamsimError, match="storage"):
+        EmbeddingIndex(4, storage="pq")

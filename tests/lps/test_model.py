@@ -14,9 +14,9 @@ from paramsim.lps import LPSConfig, LPSNet
 from paramsim.weights import permute_hidden
 
 NETS = {
-    "lps": LPSNet(LPSConfig(), seed=1),
+    "lps": LPSNet(LPSConfig(probe_gram=True), seed=1),
     "nofunc": LPSNet(LPSConfig(func_branch=False), seed=1),
-    "noweights": LPSNet(LPSConfig(weight_branch=False), seed=1),
+    "noweights": LPSNet(LPSConfig(weight_branch=False, probe_gram=True), seed=1),
     "unitcols": LPSNet(LPSConfig(func_branch=False, unit_columns=True), seed=1),
 }
 ARCHS = [(16, 2), (32, 32, 2), (24, 16, 8, 2)]

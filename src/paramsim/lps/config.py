@@ -34,7 +34,7 @@ class LPSConfig:
     # function-space branch
     func_branch: bool = True
     n_probes: int = 32
-    probe_gram: bool = True  # Gram of last hidden activations on the probes
+    probe_gram: bool = False  # Gram of last hidden activations on the probes (lower val mAP)
     probe_logits: bool = True  # logit differences on the probes
 
     def __post_init__(self) -> None:

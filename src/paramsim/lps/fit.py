@@ -67,7 +67,7 @@ def filter_extra(
     """
     train_keys = {task_key(t) for t in train_tasks}
     if exclude is not None:
-        banned = {task_key(t) for t in exclude} - set()
+        banned = {task_key(t) for t in exclude}
         return [i for i, t in enumerate(extra_tasks) if task_key(t) not in banned]
     shapes = {tuple(sorted(len(s) for s in t.sides)) for t in train_tasks}
     keep = []
