@@ -1,15 +1,21 @@
-"""Cost of LPS: fit time on a zoo, embedding throughput, head size, index search time.
+"""Cost and held-out quality of LPS.
 
     python benchmarks/bench_lps.py --zoo /tmp/zoo-dp [--extra-zoo /tmp/zoo-groups]
     python benchmarks/bench_lps.py --skip-fit --search-n 1000000
+    python benchmarks/bench_lps.py --heldout /tmp/zoo-dp --methods lps,gram1 --splits 5 \
+        --extra-zoo /tmp/zoo-groups          # held-out mAP via paramsim.eval.evaluate
+    python benchmarks/bench_lps.py --crossarch /tmp/zoo-mixed --splits 3 --extra-zoo ...
 
-Prints one line per measurement; every number comes from this run.
+Prints one line per measurement; every number comes from this run. Held-out runs use
+`paramsim.eval.make_splits(seed=0, seen_fraction=0)`: every method sees the same splits and
+learned ones train on all models of the training tasks.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -120,6 +126,89 @@ def bench_search(n: int, dim: int, n_queries: int) -> None:
         del idx
 
 
+def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> None:
+    """Held-out retrieval for LPS variants (with the extra zoo) and fixed methods alike."""
+    from paramsim.eval.protocol import evaluate, make_splits, resolve_method
+    from paramsim.features.base import Context
+    from paramsim.lps import VARIANTS, LPSMethod
+    from paramsim.zoo import Zoo
+
+    z = Zoo.open(zoo_dir)
+    nets, tids = z.networks(), np.asarray(z.task_ids)
+    tasks = [z.tasks[int(t)] for t in tids]
+    splits = make_splits(tids, n_splits=n_splits, seed=0, seen_fraction=0.0)
+    named = {}
+    for name in methods.split(","):
+        if name in VARIANTS:
+            named[name] = LPSMethod(name, extra_zoo=extra)
+        else:
+            named[name] = resolve_method(name)
+    res = evaluate(nets, tasks, named, splits, Context(dataset=z.dataset()), on_error="raise")
+    for name, e in res["methods"].items():
+        cells = "  ".join(
+            f"{k} {e[k]['mean']:.3f} ± {e[k]['std']:.3f}"
+            for k in ("map", "rank1", "relation_spearman")
+        )
+        print(f"heldout {Path(zoo_dir).name} {name}: {cells}  ({e['seconds']:.0f} s)")
+
+
+def _ap_rows(S: np.ndarray, qlab: np.ndarray, glab: np.ndarray) -> float:
+    aps = []
+    for i in range(S.shape[0]):
+        rel = glab == qlab[i]
+        if rel.any():
+            ranks = np.flatnonzero(rel[np.argsort(-S[i], kind="stable")]) + 1
+            aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+    return float(np.mean(aps))
+
+
+def crossarch(zoo_dir: str, n_splits: int, extra: str | None) -> None:
+    """Held-out mAP when queries and gallery have different architectures."""
+    from paramsim.eval.protocol import make_splits
+    from paramsim.lps import LPS
+    from paramsim.zoo import Zoo
+
+    z = Zoo.open(zoo_dir)
+    nets, tids = z.networks(), np.asarray(z.task_ids)
+    tasks = [z.tasks[int(t)] for t in tids]
+    arch = np.asarray([r.arch.label for r in z.records])
+    en, et = [], []
+    if extra:
+        ez = Zoo.open(extra)
+        en, et = ez.networks(), [r.task for r in ez.records]
+    scores: dict[str, list[float]] = {}
+    for sp in make_splits(tids, n_splits=n_splits, seed=0, seen_fraction=0.0):
+        tr, va, te = list(sp.train_ids), list(sp.val_ids), np.asarray(sp.test_ids)
+        m = LPS().fit(
+            [nets[i] for i in tr],
+            [tasks[i] for i in tr],
+            val=([nets[i] for i in va], [tasks[i] for i in va]),
+            extra_networks=en,
+            extra_tasks=et,
+            exclude_tasks=[tasks[i] for i in te],
+        )
+        e = m.embed([nets[i] for i in te])
+        S = e @ e.T
+        np.fill_diagonal(S, -np.inf)
+        lab, ar = tids[te], arch[te]
+        cnn = np.char.startswith(ar.astype(str), "cnn")
+        mlp_other = []
+        for a in np.unique(ar[~cnn]):
+            q, g = np.flatnonzero(ar == a), np.flatnonzero((ar != a) & ~cnn)
+            mlp_other.append(_ap_rows(S[np.ix_(q, g)], lab[q], lab[g]))
+        q, g = np.flatnonzero(~cnn), np.flatnonzero(cnn)
+        got = {
+            "all": _ap_rows(S, lab, lab),
+            "mlp->other mlp archs": float(np.mean(mlp_other)),
+            "mlp->cnn": _ap_rows(S[np.ix_(q, g)], lab[q], lab[g]) if len(g) else float("nan"),
+            "cnn->mlp": _ap_rows(S[np.ix_(g, q)], lab[g], lab[q]) if len(g) else float("nan"),
+        }
+        for k, v in got.items():
+            scores.setdefault(k, []).append(v)
+    for k, v in scores.items():
+        print(f"crossarch {Path(zoo_dir).name} {k}: mAP {np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default=None, help="zoo for the fit timing (e.g. digits-pairs)")
@@ -130,7 +219,17 @@ def main() -> None:
     ap.add_argument("--search-n", type=int, default=1_000_000)
     ap.add_argument("--search-dim", type=int, default=128)
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--heldout", default=None, help="zoo: held-out mAP of --methods")
+    ap.add_argument("--crossarch", default=None, help="zoo with several architectures")
+    ap.add_argument("--methods", default="lps")
+    ap.add_argument("--splits", type=int, default=5)
     a = ap.parse_args()
+    if a.heldout or a.crossarch:
+        if a.heldout:
+            heldout(a.heldout, a.methods, a.splits, a.extra_zoo)
+        if a.crossarch:
+            crossarch(a.crossarch, a.splits, a.extra_zoo)
+        return
     if a.zoo and not a.skip_fit:
         bench_fit(a.zoo, a.extra_zoo, a.fit_threads)
     bench_embed(a.embed_n)
