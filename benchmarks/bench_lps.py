@@ -209,6 +209,37 @@ def crossarch(zoo_dir: str, n_splits: int, extra: str | None) -> None:
         print(f"crossarch {Path(zoo_dir).name} {k}: mAP {np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}")
 
 
+def rescale_check(model_dir: str, zoo_dir: str, n: int = 100) -> None:
+    """Cosine between zoo models' embeddings and those of ReLU-rescaled twins (same function)."""
+    from dataclasses import replace
+
+    from paramsim.lps import LPS
+    from paramsim.zoo import Zoo
+
+    m, z = LPS.load(model_dir), Zoo.open(zoo_dir)
+    nets = z.networks(range(n))
+    g = torch.Generator().manual_seed(0)
+    for s in (0.5, 1.0):
+        twins = []
+        for net in nets:
+            layers = list(net.layers)
+            for i in range(len(layers) - 1):
+                a = torch.exp((torch.rand(layers[i].units, generator=g) * 2 - 1) * s)
+                cur, nxt = layers[i], layers[i + 1]
+                layers[i] = replace(cur, weight=cur.weight * a[:, None], bias=cur.bias * a)
+                layers[i + 1] = replace(nxt, weight=nxt.weight / a[None, :])
+            twins.append(replace(net, layers=tuple(layers)))
+        e0, e1 = m.embed(nets), m.embed(twins)
+        cos = (e0 * e1).sum(1)
+        lab = np.asarray(z.task_ids)[:n]
+        same = (e0 @ e0.T)[(lab[:, None] == lab[None, :]) & ~np.eye(n, dtype=bool)]
+        print(
+            f"rescale e^U(-{s},{s}) on every hidden layer of {n} MLPs: cos(original, twin) "
+            f"mean {cos.mean():.4f} min {cos.min():.4f}; between models of one task "
+            f"{same.mean():.4f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default=None, help="zoo for the fit timing (e.g. digits-pairs)")
@@ -223,7 +254,11 @@ def main() -> None:
     ap.add_argument("--crossarch", default=None, help="zoo with several architectures")
     ap.add_argument("--methods", default="lps")
     ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--rescale", nargs=2, metavar=("MODEL", "ZOO"), default=None)
     a = ap.parse_args()
+    if a.rescale:
+        rescale_check(*a.rescale)
+        return
     if a.heldout or a.crossarch:
         if a.heldout:
             heldout(a.heldout, a.methods, a.splits, a.extra_zoo)

@@ -84,7 +84,7 @@ class FitConfig:
     val_fraction: float = 0.2  # of training tasks, when no validation set is given
     rescale_aug: float = 0.5  # log-uniform ReLU rescaling of hidden units, +-this in log space
     noise_aug: float = 0.02  # weight noise, relative to each layer's weight std
-    branch_dropout: float = 0.2  # drop the weight branch so the function branch aligns alone
+    branch_dropout: float = 0.5  # drop the weight branch so the function branch aligns alone
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
