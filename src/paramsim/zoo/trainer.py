@@ -11,6 +11,7 @@ per-model learning rate, so every model follows the same trajectory it would alo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -82,11 +83,21 @@ def layout(arch: ArchSpec) -> list[Slot]:
     return slots
 
 
+def _template(arch: ArchSpec) -> dict[str, torch.Tensor]:
+    """Default state of the architecture (shapes, batch-norm defaults); built once."""
+    return _cached_template(arch, torch.get_default_dtype())
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_template(arch: ArchSpec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in arch.build().state_dict().items()}
+
+
 def init_state(plan: ModelPlan) -> dict[str, torch.Tensor]:
     """Seeded initial weights: uniform(+-init_scale/sqrt(fan_in)), zero biases."""
     gen = torch.Generator().manual_seed(plan.seed)
     state = {}
-    for key, value in plan.arch.build().state_dict().items():
+    for key, value in _template(plan.arch).items():
         if key.endswith("weight") and value.dim() > 1:
             fan_in = value[0].numel()
             bound = plan.init_scale / fan_in**0.5
@@ -142,7 +153,7 @@ class StackedModels:
         self.arch = padded_arch([p.arch for p in plans])
         self.slots = layout(self.arch)
         self.device = torch.device(device)
-        template = self.arch.build().state_dict()
+        template = _template(self.arch)
         states = [init_state(p) for p in plans]
         self.params: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}
@@ -228,7 +239,7 @@ class StackedModels:
 
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """Model `index` cropped back to its own widths, in the documented module's keys."""
-        own = self.plans[index].arch.build().state_dict()
+        own = _template(self.plans[index].arch)
         out = {}
         for key, value in own.items():
             src = self.params.get(key, self.buffers.get(key))
@@ -277,8 +288,11 @@ class StackedOptimizer:
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
-                denom = (v.sqrt() / bc2**0.5).add_(eps)
-                p.sub_(step_lr / bc1 * m / denom)
+                # in place, one buffer: update = m / (sqrt(v) / sqrt(bc2) + eps)
+                update = torch.sqrt(v)
+                update.div_(bc2**0.5).add_(eps)
+                torch.div(m, update, out=update)
+                p.addcmul_(update, step_lr / bc1, value=-1)
             else:
                 if self.t == 1:
                     m.copy_(g)
