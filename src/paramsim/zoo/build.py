@@ -148,7 +148,7 @@ def build_zoo(
                     (shard.name, digest, len(rows), time.perf_counter() - start),
                 )
                 conn.executemany(
-                    "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             p.model_id,
