@@ -68,3 +68,18 @@ def test_eval_command_end_to_end(tmp_path, capsys, monkeypatch):
     assert data["splits"] == 2 and data["zoo"] == "z"
     assert data["protocol"]["fixed_mode"] == "heldout" and not data["protocol"]["all_vs_all"]
     assert {"results.md", "cmc.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_extra_zoo_trains_lps_and_is_forgotten_afterwards(tiny_zoo, tmp_path):
+    from paramsim.cli import main
+    from paramsim.eval.protocol import resolve_method
+    from paramsim.zoo import RECIPES, build_zoo
+
+    groups = RECIPES["digits-groups"].with_overrides(tasks="groups:4", models_per_task=2)
+    extra = build_zoo(groups.with_overrides(steps=(30, 40)), tmp_path / "groups", progress=False)
+    out = tmp_path / "eval"
+    args = ["eval", str(tiny_zoo), "--methods", "lps", "--splits", "1", "--out", str(out)]
+    assert main([*args, "--extra-zoo", str(extra), "--quiet", "--seen-fraction", "0"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["extra_zoo"] == str(extra) and "lps" in results["methods"]
+    assert resolve_method("lps").extra_zoo is None

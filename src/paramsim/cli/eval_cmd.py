@@ -68,6 +68,13 @@ from paramsim.errors import ParamsimError
     help="Recompute fixed methods per split on the held-out and training models instead of "
     "once over the whole zoo (matters for methods that normalise over the set, e.g. stats).",
 )
+@click.option(
+    "--extra-zoo",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Extra training models for the lps methods (e.g. a digits-groups zoo); models whose "
+    "task could be a held-out task are dropped.",
+)
 @threads_option
 @quiet_option
 def eval_command(
@@ -81,11 +88,17 @@ def eval_command(
     seen_fraction: float,
     strict: bool,
     fixed_per_split: bool,
+    extra_zoo: Path | None,
     threads: int | None,
     quiet: bool,
 ) -> None:
     """Evaluate similarity methods on the models of ZOO (a directory from `paramsim zoo build`)."""
-    from paramsim.eval.protocol import evaluate_zoo, open_zoo, parse_method_names
+    from paramsim.eval.protocol import (
+        evaluate_zoo,
+        method_overrides,
+        open_zoo,
+        parse_method_names,
+    )
     from paramsim.eval.report import format_table, write_report
 
     if n_splits < 1:
@@ -96,6 +109,7 @@ def eval_command(
         raise ParamsimError(f"--out {out_dir} is a file; give a directory for the report")
     names = parse_method_names(methods)
     store = open_zoo(zoo)
+    overrides = _lps_with_extra_zoo(open_zoo(extra_zoo).path) if extra_zoo else {}
     set_threads(threads)
 
     bar = None
@@ -111,24 +125,26 @@ def eval_command(
 
     started = time.perf_counter()
     try:
-        results = evaluate_zoo(
-            store,
-            names,
-            n_splits=n_splits,
-            seed=seed,
-            progress=progress,
-            split_options={
-                "test_fraction": test_fraction,
-                "n_queries": n_queries,
-                "seen_fraction": seen_fraction,
-            },
-            on_error="raise" if strict else "skip",
-            fixed_mode="heldout" if fixed_per_split else "all",
-        )
+        with method_overrides(overrides):
+            results = evaluate_zoo(
+                store,
+                names,
+                n_splits=n_splits,
+                seed=seed,
+                progress=progress,
+                split_options={
+                    "test_fraction": test_fraction,
+                    "n_queries": n_queries,
+                    "seen_fraction": seen_fraction,
+                },
+                on_error="raise" if strict else "skip",
+                fixed_mode="heldout" if fixed_per_split else "all",
+            )
     finally:
         if bar is not None:
             bar.close()
     results["zoo"] = zoo.resolve().name
+    results["extra_zoo"] = str(extra_zoo) if extra_zoo else None
     results["wall_seconds"] = time.perf_counter() - started
     written = write_report(results, out_dir)
     click.echo(format_table(results))
@@ -138,6 +154,13 @@ def eval_command(
         f"{len(names)} methods x {n_splits} splits in {results['wall_seconds']:.1f} s; "
         f"wrote {', '.join(sorted(written))} to {out_dir}"
     )
+
+
+def _lps_with_extra_zoo(extra: Path) -> dict:
+    """Every LPS variant, its fits also training on `extra`."""
+    from paramsim.lps import LPS_METHODS, LPSMethod
+
+    return {v: (lambda v=v: LPSMethod(v, extra_zoo=str(extra))) for v in LPS_METHODS}
 
 
 def register(cli: click.Group) -> None:

@@ -15,11 +15,12 @@ tasks the metric has not seen. Per split:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -454,6 +455,19 @@ def register_method(name: str, factory: MethodFactory) -> None:
 
 def unregister_method(name: str) -> None:
     _FACTORIES.pop(name, None)
+
+
+@contextlib.contextmanager
+def method_overrides(factories: Mapping[str, MethodFactory]) -> Iterator[None]:
+    """Register `factories` for the duration of a block, then restore the previous ones."""
+    _load_plugins()
+    saved = dict(_FACTORIES)
+    _FACTORIES.update(factories)
+    try:
+        yield
+    finally:
+        _FACTORIES.clear()
+        _FACTORIES.update(saved)
 
 
 _PLUGINS = ("paramsim.lps",)  # packages that register their methods on import
