@@ -130,3 +130,40 @@ def test_fit_drops_extra_models_of_validation_tasks():
         nets, tasks, val=(vn, vt), extra_networks=extra_n, extra_tasks=extra_t, exclude_tasks=[]
     )
     assert model.meta["n_extra_models"] == 2 and model.meta["n_extra_dropped"] == 2
+
+
+def _relation_batch(sim_of_shared):
+    """Four tasks, two unit-embedded models each, whose cross-task cosine is a chosen
+    function of shared classes; returns (embeddings, labels, shared)."""
+    shared = torch.tensor([[2, 1, 0, 1], [1, 2, 1, 0], [0, 1, 2, 1], [1, 0, 1, 2]]).float()
+    gram = torch.tensor(
+        [[sim_of_shared(int(s), i + j) for j, s in enumerate(row)] for i, row in enumerate(shared)]
+    )
+    gram.fill_diagonal_(1.0)
+    vals, vecs = torch.linalg.eigh(gram)
+    base = vecs * vals.clamp_min(0).sqrt()  # rows with these dot products
+    emb = torch.repeat_interleave(base, 2, dim=0).requires_grad_()
+    return emb, torch.arange(4).repeat_interleave(2), shared
+
+
+def test_relation_loss_rewards_ordered_relations_and_is_flat_at_its_target():
+    from paramsim.lps import relation_loss
+
+    good, lab, shared = _relation_batch(lambda s, k: 0.2 * s)
+    bad, _, _ = _relation_batch(lambda s, k: 0.1 * s - 0.05 * k)  # relation half swamped
+    lg, lb = relation_loss(good, lab, shared), relation_loss(bad, lab, shared)
+    assert float(lg.detach()) < 1e-5 < float(lb.detach())
+    lg.backward()
+    assert float(good.grad.abs().max()) < 1e-4
+    lb.backward()
+    assert float(bad.grad.abs().max()) > 1e-3
+    two = relation_loss(good[:4], lab[:4], shared)  # fewer than three tasks: no signal
+    assert float(two.detach()) == 0.0
+
+
+def test_relation_loss_and_sign_invariant_config_train():
+    nets, tasks = proto_zoo(4, 3)
+    fc = FitConfig(**{**FAST.to_dict(), "relation_weight": 1.0})
+    cfg = LPSConfig(emb_dim=16, rank=16, n_probes=8, sign_invariant=True)
+    model = LPS(cfg, FitConfig.from_dict({**fc.to_dict(), "val_fraction": 0.0})).fit(nets, tasks)
+    assert np.isfinite(model.meta["history"][-1]["loss"])

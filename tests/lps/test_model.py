@@ -18,6 +18,7 @@ NETS = {
     "nofunc": LPSNet(LPSConfig(func_branch=False), seed=1),
     "noweights": LPSNet(LPSConfig(weight_branch=False, probe_gram=True), seed=1),
     "unitcols": LPSNet(LPSConfig(func_branch=False, unit_columns=True), seed=1),
+    "signed": LPSNet(LPSConfig(sign_invariant=False), seed=1),
 }
 ARCHS = [(16, 2), (32, 32, 2), (24, 16, 8, 2)]
 
@@ -104,3 +105,22 @@ def test_check_rejects_other_inputs():
     with pytest.raises(ParamsimError):
         net.embed([other])
     assert "MLP" in NETS["nofunc"].check([random_cnn((4,), 0)])
+
+
+def _swap_outputs(net):
+    """The same model with its two output units in the other order."""
+    from paramsim.weights import Layer, Network
+
+    last = net.layers[-1]
+    flipped = Layer(last.kind, last.weight.flip(0), last.bias.flip(0), post=last.post)
+    return Network((*net.layers[:-1], flipped), net.input_shape, net.input_ops)
+
+
+@settings(max_examples=10, deadline=None)
+@given(arch=st.sampled_from(ARCHS), seed=st.integers(0, 10_000))
+def test_sign_invariant_ignores_which_output_holds_a_class(arch, seed):
+    net = random_mlp(arch, seed)
+    e = NETS["lps"].embed([net, _swap_outputs(net)])  # the default is sign-invariant
+    np.testing.assert_allclose(e[0], e[1], atol=2e-5)
+    d = NETS["signed"].embed([net, _swap_outputs(net)])
+    assert float(d[0] @ d[1]) < 0.999  # the signed variant reads which output is which

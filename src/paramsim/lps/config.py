@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from paramsim.errors import ParamsimError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sign-invariant class direction and probe logits
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class LPSConfig:
     n_probes: int = 32
     probe_gram: bool = False  # Gram of last hidden activations on the probes (lower val mAP)
     probe_logits: bool = True  # logit differences on the probes
+    # read the class direction and probe logits through their outer products (Z Z^T), blind to
+    # which output a class sits on, so tasks sharing a class in opposite roles look alike
+    sign_invariant: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
@@ -85,6 +88,9 @@ class FitConfig:
     rescale_aug: float = 0.5  # log-uniform ReLU rescaling of hidden units, +-this in log space
     noise_aug: float = 0.02  # weight noise, relative to each layer's weight std
     branch_dropout: float = 0.5  # drop the weight branch so the function branch aligns alone
+    # weight of the relation loss: 1 - Pearson correlation, over the batch's task pairs, between
+    # task-mean cosine and the number of shared classes (SupCon alone never ranks relations)
+    relation_weight: float = 3.0
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

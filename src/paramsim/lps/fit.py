@@ -208,6 +208,34 @@ def _make_loss(cfg: FitConfig, n_classes: int, emb_dim: int, gen: torch.Generato
     raise ParamsimError(f"unknown loss {cfg.loss!r}; use supcon, multisim or ce")
 
 
+def relation_loss(emb: torch.Tensor, labels: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """1 - Pearson correlation between task-pair similarity and shared classes in a batch.
+
+    Task-pair similarity is the mean cosine over the two tasks' models (the dot product of
+    their mean unit embeddings), as the relation score measures it. `shared[a, b]` is the
+    number of classes tasks a and b (label values) have in common. Scale-free, so it only asks
+    for the ordering of relations and leaves the retrieval margin to the contrastive loss; 0
+    (and a flat gradient) when similarity is an increasing linear function of shared classes.
+    Zero when the batch has fewer than three tasks or a constant relation.
+    """
+    uniq, inv = torch.unique(labels, return_inverse=True)
+    if len(uniq) < 3:
+        return emb.sum() * 0.0
+    onehot = torch.zeros(len(uniq), len(labels), dtype=emb.dtype)
+    onehot[inv, torch.arange(len(labels))] = 1.0
+    means = (onehot / onehot.sum(1, keepdim=True)) @ emb
+    sim = means @ means.T
+    iu = torch.triu_indices(len(uniq), len(uniq), offset=1)
+    x = sim[iu[0], iu[1]]
+    y = shared[uniq][:, uniq][iu[0], iu[1]].to(emb.dtype)
+    if float(y.std()) == 0.0:
+        return emb.sum() * 0.0
+    x = x - x.mean()
+    y = y - y.mean()
+    corr = (x * y).sum() / (x.norm() * y.norm()).clamp_min(1e-12)
+    return 1.0 - corr
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -286,6 +314,10 @@ class LPS:
         keys = {}
         labels = [keys.setdefault(task_key(t), len(keys)) for t in all_tasks]
         pool = _Pool.build(all_nets, labels)
+        key_classes = [set().union(*map(set, k)) for k in keys]
+        shared = torch.tensor(
+            [[len(a & b) for b in key_classes] for a in key_classes], dtype=torch.float32
+        )
         val_pool = None
         if val is not None and len(val[0]):
             vk: dict = {}
@@ -337,6 +369,8 @@ class LPS:
             for batch in _batches(pool.labels, fc, rng):
                 emb = _embed_pool(net, pool, batch, fc, gen)
                 loss = loss_fn(emb, lab_t[batch])
+                if fc.relation_weight > 0:
+                    loss = loss + fc.relation_weight * relation_loss(emb, lab_t[batch], shared)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

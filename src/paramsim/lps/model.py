@@ -103,7 +103,8 @@ class LPSNet(nn.Module):
                     raise ParamsimError("class_direction needs the chain (chain=True)")
                 self.V = nn.Parameter(_orthogonal_(torch.empty(d, self.r), gen))
                 kc = 1 if k == 2 else k
-                self.dir_head = nn.Parameter(_orthogonal_(torch.empty(emb, self.r * kc), gen))
+                n_dir = self.r * self.r if cfg.sign_invariant else self.r * kc
+                self.dir_head = nn.Parameter(_orthogonal_(torch.empty(emb, n_dir), gen))
             n_blocks = self.n_slots + int(cfg.class_direction)
             self.w_gain = nn.Parameter(torch.ones(n_blocks))
         if cfg.func_branch:
@@ -112,7 +113,7 @@ class LPSNet(nn.Module):
             self.probes_raw = nn.Parameter(torch.log(u / (1 - u)))
             p = cfg.n_probes
             if cfg.probe_logits:
-                kl = p if k == 2 else p * k
+                kl = p * p if cfg.sign_invariant else (p if k == 2 else p * k)
                 self.logit_head = nn.Parameter(_orthogonal_(torch.empty(emb, kl), gen))
             if cfg.probe_gram:
                 self.pgram_head = nn.Parameter(
@@ -193,7 +194,11 @@ class LPSNet(nn.Module):
                 c = (final[:, :, 1] - final[:, :, 0])[:, :, None]
             else:
                 c = final - final.mean(dim=2, keepdim=True)
-            v = (self.V.T @ c).transpose(1, 2).reshape(m, -1)
+            z = self.V.T @ c  # (M, r, 1 or k)
+            if cfg.sign_invariant:
+                v = (z @ z.transpose(1, 2)).flatten(1)
+            else:
+                v = z.transpose(1, 2).reshape(m, -1)
             blocks.append(_unit(v) @ self.dir_head.T)
         stacked = torch.stack(blocks, 1)  # (M, blocks, emb)
         return (stacked * self.w_gain[None, :, None]).sum(1)
@@ -207,6 +212,9 @@ class LPSNet(nn.Module):
                 f = logits[..., 1] - logits[..., 0]
             else:
                 f = (logits - logits.mean(-1, keepdim=True)).flatten(1)
+            if cfg.sign_invariant:  # (M, P, P): which output holds a class no longer matters
+                z = f.reshape(f.shape[0], logits.shape[1], -1)
+                f = (z @ z.transpose(1, 2)).flatten(1)
             blocks.append(_unit(f) @ self.logit_head.T)
         if cfg.probe_gram:
             h = hidden[-1] if hidden else logits
