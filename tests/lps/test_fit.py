@@ -164,6 +164,6 @@ def test_relation_loss_rewards_ordered_relations_and_is_flat_at_its_target():
 def test_relation_loss_and_sign_invariant_config_train():
     nets, tasks = proto_zoo(4, 3)
     fc = FitConfig(**{**FAST.to_dict(), "relation_weight": 1.0})
-    cfg = LPSConfig(emb_dim=16, rank=16, n_probes=8, sign_invariant=True)
+    cfg = LPSConfig(emb_dim=16, rank=16, n_probes=8, sign_invariant=True, probe_sign_invariant=True)
     model = LPS(cfg, FitConfig.from_dict({**fc.to_dict(), "val_fraction": 0.0})).fit(nets, tasks)
     assert np.isfinite(model.meta["history"][-1]["loss"])

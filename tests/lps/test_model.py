@@ -18,7 +18,7 @@ NETS = {
     "nofunc": LPSNet(LPSConfig(func_branch=False), seed=1),
     "noweights": LPSNet(LPSConfig(weight_branch=False, probe_gram=True), seed=1),
     "unitcols": LPSNet(LPSConfig(func_branch=False, unit_columns=True), seed=1),
-    "signed": LPSNet(LPSConfig(sign_invariant=False), seed=1),
+    "signinv": LPSNet(LPSConfig(sign_invariant=True, probe_sign_invariant=True), seed=1),
 }
 ARCHS = [(16, 2), (32, 32, 2), (24, 16, 8, 2)]
 
@@ -120,7 +120,7 @@ def _swap_outputs(net):
 @given(arch=st.sampled_from(ARCHS), seed=st.integers(0, 10_000))
 def test_sign_invariant_ignores_which_output_holds_a_class(arch, seed):
     net = random_mlp(arch, seed)
-    e = NETS["lps"].embed([net, _swap_outputs(net)])  # the default is sign-invariant
+    e = NETS["signinv"].embed([net, _swap_outputs(net)])
     np.testing.assert_allclose(e[0], e[1], atol=2e-5)
-    d = NETS["signed"].embed([net, _swap_outputs(net)])
-    assert float(d[0] @ d[1]) < 0.999  # the signed variant reads which output is which
+    d = NETS["lps"].embed([net, _swap_outputs(net)])
+    assert float(d[0] @ d[1]) < 0.999  # the default reads which output is which

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from paramsim.errors import ParamsimError
 
-FORMAT_VERSION = 2  # 2: sign-invariant class direction and probe logits
+FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ class LPSConfig:
     probe_logits: bool = True  # logit differences on the probes
     # read the class direction and probe logits through their outer products (Z Z^T), blind to
     # which output a class sits on, so tasks sharing a class in opposite roles look alike
-    sign_invariant: bool = True
+    # (variant lps-relation; off by default: it costs cross-architecture retrieval)
+    sign_invariant: bool = False  # the class direction (weight branch)
+    probe_sign_invariant: bool = False  # the probe logits (function branch)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
@@ -90,7 +92,7 @@ class FitConfig:
     branch_dropout: float = 0.5  # drop the weight branch so the function branch aligns alone
     # weight of the relation loss: 1 - Pearson correlation, over the batch's task pairs, between
     # task-mean cosine and the number of shared classes (SupCon alone never ranks relations)
-    relation_weight: float = 3.0
+    relation_weight: float = 0.0  # 3.0 in the lps-relation variant
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

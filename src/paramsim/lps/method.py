@@ -31,6 +31,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "lps-first-order": (dict(second_order=False, func_branch=False), {}),
     "lps-noweights": (dict(weight_branch=False), {}),
     "lps-nofunc": (dict(func_branch=False), dict(branch_dropout=0.0)),
+    # graded task relations: sign-invariant readouts plus the relation loss (validation-chosen)
+    "lps-relation": (
+        dict(sign_invariant=True, probe_sign_invariant=True),
+        dict(relation_weight=3.0),
+    ),
 }
 AUTHORS_MAX_INPUT = 256  # the flattened d x d Gram needs d^2 inputs per embedding unit
 

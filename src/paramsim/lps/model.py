@@ -113,7 +113,7 @@ class LPSNet(nn.Module):
             self.probes_raw = nn.Parameter(torch.log(u / (1 - u)))
             p = cfg.n_probes
             if cfg.probe_logits:
-                kl = p * p if cfg.sign_invariant else (p if k == 2 else p * k)
+                kl = p * p if cfg.probe_sign_invariant else (p if k == 2 else p * k)
                 self.logit_head = nn.Parameter(_orthogonal_(torch.empty(emb, kl), gen))
             if cfg.probe_gram:
                 self.pgram_head = nn.Parameter(
@@ -212,7 +212,7 @@ class LPSNet(nn.Module):
                 f = logits[..., 1] - logits[..., 0]
             else:
                 f = (logits - logits.mean(-1, keepdim=True)).flatten(1)
-            if cfg.sign_invariant:  # (M, P, P): which output holds a class no longer matters
+            if cfg.probe_sign_invariant:  # (M, P, P): which output holds a class no longer matters
                 z = f.reshape(f.shape[0], logits.shape[1], -1)
                 f = (z @ z.transpose(1, 2)).flatten(1)
             blocks.append(_unit(f) @ self.logit_head.T)
