@@ -253,7 +253,7 @@ def evaluate(
     classification_rule: str = "mean",
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Score every method on every split; returns the results dict (see docs/fragments/eval.md).
+    """Score every method on every split; returns the results dict (README.md, "Evaluation").
 
     Learned methods: a fresh deep copy of the given (unfitted) method is fitted per split on
     the training tasks' `train_ids` (a `fit(..., val=(networks, tasks))` parameter receives

@@ -13,7 +13,7 @@ FORMAT_VERSION = 1
 class LPSConfig:
     """What the similarity network reads and how it maps it to an embedding.
 
-    The defaults are the design measured best on validation tasks (see docs/fragments/lps.md);
+    The defaults are the design measured best on validation tasks (see README.md, "The learned similarity");
     the switches exist for ablations.
     """
 
