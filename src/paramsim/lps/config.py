@@ -13,8 +13,8 @@ FORMAT_VERSION = 1
 class LPSConfig:
     """What the similarity network reads and how it maps it to an embedding.
 
-    The defaults are the design measured best on validation tasks (see README.md, "The learned similarity");
-    the switches exist for ablations.
+    The defaults are the design measured best on validation tasks (README.md, "The learned
+    similarity"); the switches exist for ablations.
     """
 
     input_shape: tuple[int, int, int] = (1, 8, 8)
