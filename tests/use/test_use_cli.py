@@ -32,10 +32,13 @@ def test_transfer_command(use_zoo, tmp_path, capsys):
     out = tmp_path / "tr"
     args = ["transfer", str(use_zoo.path), "--method", "gram1", "--shots", "1"]
     args += ["--repeats", "1", "--finetune-steps", "5", "--out", str(out), "-q"]
+    args += ["--select", "model", "--select-top", "2"]
     assert main(args) == 0
     assert "gain over random" in capsys.readouterr().out
     doc = json.loads((out / "transfer.json").read_text())
     assert doc["config"]["shots"] == [1] and "gram1" in doc["methods"]
+    assert doc["config"]["select"] == "model" and doc["config"]["select_top"] == 2
+    assert set(doc["methods"]["gram1"]["shots"]["1"]["rules"]) == {"task", "model"}
 
 
 @pytest.mark.parametrize(

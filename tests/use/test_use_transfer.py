@@ -12,6 +12,7 @@ from paramsim.use.transfer import (
     SourceBank,
     TransferConfig,
     _ci,
+    choose_source,
     evaluate_transfer,
     fine_tune,
     format_transfer_table,
@@ -127,7 +128,14 @@ def test_select_sources_ranks_other_models(use_zoo):
     got = select_sources(use_zoo, "gram1", x.numpy(), y.numpy(), k=4, exclude_tasks=["0 vs 1"])
     assert len(got) == 4
     assert all(g["task"] != "0 vs 1" for g in got)
-    sims = [g["similarity"] for g in got]
+    # task rule: tasks by mean similarity, then models by similarity within a task
+    keys = [(-g["task_similarity"], g["task"], -g["similarity"]) for g in got]
+    assert keys == sorted(keys)
+    assert got[0]["task_similarity"] == max(g["task_similarity"] for g in got)
+    by_model = select_sources(
+        use_zoo, "gram1", x.numpy(), y.numpy(), k=4, exclude_tasks=["0 vs 1"], select="model"
+    )
+    sims = [g["similarity"] for g in by_model]
     assert sims == sorted(sims, reverse=True)
     # flat 64-vectors are reshaped to the zoo's input
     again = select_sources(
@@ -159,10 +167,54 @@ def test_config_validation():
         TransferConfig(folds=1)
     with pytest.raises(ParamsimError, match="head"):
         TransferConfig(head="x")
+    with pytest.raises(ParamsimError, match="select"):
+        TransferConfig(select="best")
 
 
 def test_write_transfer(gram1_results, tmp_path):
     written = write_transfer(gram1_results, tmp_path, key="abc")
     assert set(written) == {"transfer.json", "transfer.png"}
     table = format_transfer_table(gram1_results)
-    assert table.count("\n") == 2 and "gram1" in table
+    rows = table.splitlines()[2:]
+    assert len(rows) == 2 and all("gram1" in r for r in rows)
+    assert [r.split("|")[3].strip() for r in rows] == ["task", "model"]  # primary rule first
+
+
+# Task 0 holds the single most similar model (0.9) but task 1 is the most similar on average
+# (0.70 vs 0.50); task 2 is the probe's own task and is not a candidate.
+HAND_SIM = np.array([0.9, 0.3, 0.3, 0.7, 0.8, 0.6, 1.0, 1.0, 1.0])
+HAND_TASKS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+HAND_OK = HAND_TASKS != 2
+
+
+def test_task_rule_picks_task_with_highest_mean_similarity():
+    assert choose_source(HAND_SIM, HAND_TASKS, HAND_OK, "model") == 0
+    assert choose_source(HAND_SIM, HAND_TASKS, HAND_OK, "task") == 4  # best model of task 1
+    # top-1 mean is the single-model rule at task level: task 0 (0.9) wins again
+    assert choose_source(HAND_SIM, HAND_TASKS, HAND_OK, "task", top=1) == 0
+    # top-2 means: task 0 (0.6) < task 1 (0.75)
+    assert choose_source(HAND_SIM, HAND_TASKS, HAND_OK, "task", top=2) == 4
+    # relabelling the tasks or reordering the models does not change the pick
+    perm = np.random.default_rng(0).permutation(len(HAND_SIM))
+    got = choose_source(HAND_SIM[perm], (HAND_TASKS[perm] + 5) % 3, HAND_OK[perm], "task")
+    assert perm[got] == 4
+    with pytest.raises(ParamsimError, match="select"):
+        choose_source(HAND_SIM, HAND_TASKS, HAND_OK, "best")
+
+
+def test_both_rules_scored_from_the_same_finetunes(use_zoo, gram1_results):
+    per = gram1_results["methods"]["gram1"]["shots"]["1"]
+    assert per["select"] == "task" and set(per["rules"]) == {"task", "model"}
+    assert per["chosen"] == per["rules"]["task"]["chosen"]
+    base = gram1_results["baselines"]["1"]
+    for rule in ("task", "model"):
+        for task, acc in per["rules"][rule]["chosen"]["per_task"].items():
+            assert acc <= base["oracle"]["per_task"][task] + 1e-12
+    # a primary "model" config only relabels which rule is primary: the picks are the same
+    again = evaluate_transfer(
+        use_zoo,
+        {"gram1": load_similarity(method="gram1")},
+        TransferConfig(**QUICK, select="model"),
+    )["methods"]["gram1"]["shots"]["1"]
+    assert again["select"] == "model" and again["rules"] == per["rules"]
+    assert again["chosen"] == per["rules"]["model"]["chosen"]

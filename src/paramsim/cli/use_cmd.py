@@ -118,6 +118,21 @@ def relate_command(zoo, model_dir, methods, out_dir, seed, threads, quiet):
     help="Zero the source's output layer before fine-tuning, or keep it.",
 )
 @click.option("--folds", type=int, default=3, show_default=True, help="For learned methods.")
+@click.option(
+    "--select",
+    type=click.Choice(["task", "model"]),
+    default="task",
+    show_default=True,
+    help="Primary selection rule: the best task by mean similarity of its models, then its "
+    "most similar model; or the single most similar model. Both are reported.",
+)
+@click.option(
+    "--select-top",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Task rule: average a task's M most similar models only (0: all of them).",
+)
 @click.option("--targets", default=None, help="Comma list of target tasks (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @threads_option
@@ -133,6 +148,8 @@ def transfer_command(
     finetune,
     head,
     folds,
+    select,
+    select_top,
     targets,
     seed,
     threads,
@@ -161,6 +178,8 @@ def transfer_command(
         finetune=finetune,
         head=head,
         folds=folds,
+        select=select,
+        select_top=select_top,
         targets=names,
         seed=seed,
     )

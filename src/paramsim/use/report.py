@@ -36,25 +36,30 @@ def relation_table(rel: Mapping[str, Any]) -> str:
 
 
 def transfer_checks(tr: Mapping[str, Any]) -> list[str]:
-    """One line per method and K: do the issue's targets hold, measured, not assumed."""
+    """One line per method, K and rule: do the issue's targets hold, measured, not assumed."""
     out = []
+    from paramsim.use.transfer import rule_views
+
     for name, entry in tr.get("methods", {}).items():
         for k, v in entry.get("shots", {}).items():
-            g = v["gain_over_random"]
-            share = v.get("oracle_gain_captured")
-            rho = v["spearman"]["mean"]
-            ok_ci = g["lo"] is not None and g["lo"] > 0
-            ok_share = share is not None and share >= 0.5
-            ok_rho = rho is not None and rho > 0
-            out.append(
-                f"- {name}, K={k}: gain over a random source {_f(g['mean'], '+.3f')} "
-                f"(95% bootstrap CI {_f(g['lo'], '+.3f')} to {_f(g['hi'], '+.3f')}; "
-                f"t-interval {_f(g['t_lo'], '+.3f')} to {_f(g['t_hi'], '+.3f')}) "
-                f"{'excludes' if ok_ci else 'does not exclude'} zero; it captures "
-                f"{_f(share, '.2f')} of the oracle's gain ({'at least' if ok_share else 'under'} "
-                f"half); similarity-accuracy Spearman {_f(rho)} "
-                f"({'positive' if ok_rho else 'not positive'})."
-            )
+            for rule, rv in rule_views(v):
+                g = rv["gain_over_random"]
+                share = rv.get("oracle_gain_captured")
+                rho = v["spearman"]["mean"]
+                ok_ci = g["lo"] is not None and g["lo"] > 0
+                ok_share = share is not None and share >= 0.5
+                ok_rho = rho is not None and rho > 0
+                out.append(
+                    f"- {name}, K={k}, {rule} rule: gain over a random source "
+                    f"{_f(g['mean'], '+.3f')} "
+                    f"(95% bootstrap CI {_f(g['lo'], '+.3f')} to {_f(g['hi'], '+.3f')}; "
+                    f"t-interval {_f(g['t_lo'], '+.3f')} to {_f(g['t_hi'], '+.3f')}) "
+                    f"{'excludes' if ok_ci else 'does not exclude'} zero; it captures "
+                    f"{_f(share, '.2f')} of the oracle's gain "
+                    f"({'at least' if ok_share else 'under'} "
+                    f"half); similarity-accuracy Spearman {_f(rho)} "
+                    f"({'positive' if ok_rho else 'not positive'})."
+                )
     return out
 
 
@@ -124,7 +129,10 @@ def format_readme(parts: Mapping[str, Any]) -> str:
         f"(K in {tcfg.get('shots')}) from its training split. A probe model (the zoo's "
         f"architecture, {tcfg.get('probe_steps')} full-batch Adam steps) is trained on them "
         "and embedded; the stored models of *other* tasks are ranked by similarity to it and "
-        f"the top one is fine-tuned on the same examples (all layers, output layer "
+        "one is picked: by the *task* rule, the task whose models are on average most similar, "
+        "then its most similar model; by the *model* rule, the single most similar model "
+        f"(primary rule: {tcfg.get('select', 'model')}; both are scored on the same fine-tuned "
+        "sources). The pick is fine-tuned on the same examples (all layers, output layer "
         f"{'reset to zero' if tcfg.get('head') == 'reset' else 'kept'}, "
         f"{tcfg.get('finetune_steps')} full-batch Adam steps, lr {tcfg.get('finetune_lr')}), "
         "then tested on the task's test split. Scratch: the probe itself. Random: the mean "

@@ -10,8 +10,14 @@ class, `repeats` random draws of the shots:
 
 - probe: a fresh model of the zoo's architecture trained on the 2K examples (this is also the
   *scratch* baseline: its test accuracy);
-- chosen: the stored model of another task most similar to the probe, fine-tuned on the same
-  2K examples;
+- chosen: a stored model of another task picked by similarity to the probe, fine-tuned on the
+  same 2K examples. Two selection rules are scored from the same fine-tuned sources (a lookup,
+  no extra training): "model" takes the single most similar model; "task" (the default) ranks
+  the source tasks by the mean similarity of the probe to that task's models (or the mean of
+  its `select_top` most similar ones), then takes the most similar model of the best task.
+  The task rule is the default because the zoo's unit of relatedness is the task: one
+  model's similarity carries its seed's noise, and the mean over a task's models estimates
+  the task's relatedness with less variance before the choice is committed to;
 - random: the expected accuracy of fine-tuning a source drawn uniformly from the other tasks
   (the exact mean over all of them, no sampling noise);
 - oracle: the best source in hindsight (every source of another task is fine-tuned, as one
@@ -57,6 +63,48 @@ from paramsim.zoo.arch import ArchSpec
 from paramsim.zoo.trainer import ModelPlan, StackedModels, StackedOptimizer
 
 ProgressFn = Callable[[str], None]
+SELECT_RULES = ("task", "model")
+
+
+def task_scores(
+    similarity: np.ndarray, model_tasks: np.ndarray, candidates: np.ndarray, top: int = 0
+) -> dict[int, float]:
+    """Per source task: mean similarity of its candidate models (of its `top` best if top > 0)."""
+    out: dict[int, float] = {}
+    for t in np.unique(model_tasks[candidates]):
+        s = np.sort(similarity[candidates & (model_tasks == t)])[::-1]
+        out[int(t)] = float(s[:top].mean() if top > 0 else s.mean())
+    return out
+
+
+def choose_source(
+    similarity: np.ndarray,
+    model_tasks: np.ndarray,
+    candidates: np.ndarray | None = None,
+    select: str = "task",
+    top: int = 0,
+) -> int:
+    """Index of the source model to fine-tune among `candidates` (a boolean mask).
+
+    "model": the most similar candidate. "task": the candidate task with the highest mean
+    similarity (over its `top` most similar models, or all if top is 0), then its most similar
+    model. Ties go to the lowest index.
+    """
+    if select not in SELECT_RULES:
+        raise ParamsimError(f"select must be 'model' or 'task', not {select!r}")
+    similarity = np.asarray(similarity, dtype=float)
+    model_tasks = np.asarray(model_tasks)
+    ok = np.isfinite(similarity)
+    if candidates is not None:
+        ok &= np.asarray(candidates, dtype=bool)
+    if not ok.any():
+        raise ParamsimError("no candidate source with a finite similarity")
+    if select == "task":
+        scores = task_scores(similarity, model_tasks, ok, top)
+        best_task = max(scores, key=lambda t: (scores[t], -t))
+        ok &= model_tasks == best_task
+    cand = np.flatnonzero(ok)
+    return int(cand[np.argmax(similarity[cand])])
 
 
 @dataclass(frozen=True)
@@ -77,6 +125,8 @@ class TransferConfig:
     targets: tuple[str, ...] | None = None  # task names to evaluate (default: all)
     seed: int = 0
     chunk: int = 2048  # fine-tunes per stacked run (memory bound)
+    select: str = "task"  # primary selection rule: "task" (mean over a task's models) or "model"
+    select_top: int = 0  # task rule: mean of the task's m most similar models (0: all of them)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))
@@ -94,6 +144,10 @@ class TransferConfig:
             raise ParamsimError(f"head must be 'reset' or 'keep', not {self.head!r}")
         if self.folds < 2:
             raise ParamsimError(f"folds must be at least 2, got {self.folds}")
+        if self.select not in SELECT_RULES:
+            raise ParamsimError(f"select must be 'model' or 'task', not {self.select!r}")
+        if self.select_top < 0:
+            raise ParamsimError(f"select_top must be 0 (all) or positive, got {self.select_top}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -321,33 +375,45 @@ def select_sources(
     k: int = 5,
     seed: int = 0,
     exclude_tasks: Sequence[str] = (),
+    select: str = "task",
+    top: int = 0,
 ) -> list[dict[str, Any]]:
-    """The k stored models most similar to a probe trained on the user's (x, y).
+    """The k stored models to try first for a probe trained on the user's (x, y).
 
     `method`: a fixed method name or a `Similarity` (e.g. `load_similarity(model="lps/")`);
-    a learned method must already be fitted. Returns dicts with model id, task, similarity,
-    best first.
+    a learned method must already be fitted. `select="model"` orders the models by their own
+    similarity; `select="task"` orders tasks by the mean similarity of their models (of their
+    `top` most similar ones if top > 0) and, within a task, models by similarity. Returns dicts
+    with model id, task, similarity and task_similarity, best first.
     """
     from paramsim.use._common import load_similarity
     from paramsim.weights import from_module
 
     if k < 1:
         raise ParamsimError(f"k must be at least 1, got {k}")
+    if select not in SELECT_RULES:
+        raise ParamsimError(f"select must be 'model' or 'task', not {select!r}")
     sim = load_similarity(method=method) if isinstance(method, str) else method
     if sim.learned and sim.seen_tasks is None:
         raise ParamsimError(f"{sim.name} is learned and not fitted; pass a saved model instead")
     probe = from_module(train_probe(zoo, x, y, seed), input_shape=_majority_arch(zoo).input_shape)
     ids = [r.id for r in zoo.records if r.task.name not in set(exclude_tasks)]
     S = cross_similarity(sim.method, [probe], zoo.networks(ids), Context(seed=seed))[0]
-    order = np.argsort(-S, kind="stable")[:k]
+    tasks = np.asarray([zoo.records[i].task_id for i in ids])
+    per_task = task_scores(S, tasks, np.isfinite(S), top)
+    if select == "task":
+        order = sorted(range(len(ids)), key=lambda i: (-per_task[int(tasks[i])], tasks[i], -S[i]))
+    else:
+        order = list(np.argsort(-S, kind="stable"))
     return [
         {
             "model_id": int(ids[i]),
             "task": zoo.records[ids[i]].task.name,
             "similarity": float(S[i]),
+            "task_similarity": per_task[int(tasks[i])],
             "test_acc": float(zoo.records[ids[i]].test_acc),
         }
-        for i in order
+        for i in order[:k]
     ]
 
 
@@ -613,8 +679,13 @@ def _baselines(instances, ft, names, cfg) -> dict[str, Any]:
 
 
 def _score_method(instances, S, ft, labels, names, cfg, spearmanr) -> dict[str, Any]:
-    chosen = np.full(len(instances), np.nan)
-    chosen_id = np.full(len(instances), -1)
+    """Per K: both selection rules scored from the same fine-tuned sources.
+
+    The top-level chosen/gain/share/chosen_sources are those of the primary rule
+    (`cfg.select`); `rules` holds every rule's, so the two can be compared on equal terms.
+    """
+    chosen = {rule: np.full(len(instances), np.nan) for rule in SELECT_RULES}
+    chosen_id = {rule: np.full(len(instances), -1) for rule in SELECT_RULES}
     rho = np.full(len(instances), np.nan)
     random_ = np.nanmean(ft, axis=1)
     oracle = np.nanmax(ft, axis=1)
@@ -623,45 +694,54 @@ def _score_method(instances, S, ft, labels, names, cfg, spearmanr) -> dict[str, 
         ok = np.isfinite(s) & (labels != inst.task_id) & np.isfinite(ft[j])
         if not ok.any():
             continue
+        for rule in SELECT_RULES:
+            best = choose_source(s, labels, ok, rule, cfg.select_top)
+            chosen_id[rule][j] = best
+            chosen[rule][j] = ft[j, best]
         cand = np.flatnonzero(ok)
-        best = cand[np.argmax(s[cand])]
-        chosen_id[j] = best
-        chosen[j] = ft[j, best]
         if np.ptp(s[cand]) > 0 and np.ptp(ft[j, cand]) > 0:
             rho[j] = spearmanr(s[cand], ft[j, cand]).statistic
     out: dict[str, Any] = {}
     for k in cfg.shots:
-        c = _per_task(instances, chosen, k)
         r = _per_task(instances, random_, k)
         o = _per_task(instances, oracle, k)
-        tasks = sorted(c)
-        gain = np.array([c[t] - r[t] for t in tasks])
-        headroom = np.array([o[t] - r[t] for t in tasks])
+        rules: dict[str, Any] = {}
+        for rule in SELECT_RULES:
+            c = _per_task(instances, chosen[rule], k)
+            tasks = sorted(c)
+            gain = np.array([c[t] - r[t] for t in tasks])
+            headroom = np.array([o[t] - r[t] for t in tasks])
+            rules[rule] = {
+                "chosen": {
+                    "mean": float(np.mean([c[t] for t in tasks])) if tasks else math.nan,
+                    "per_task": {names[t]: c[t] for t in tasks},
+                },
+                "gain_over_random": _ci(gain, cfg.seed),
+                "oracle_gain_captured": float(gain.mean() / headroom.mean())
+                if tasks and headroom.mean() > 0
+                else math.nan,
+                "chosen_sources": {
+                    f"{names[inst.task_id]}#{inst.repeat}": (
+                        int(chosen_id[rule][j]),
+                        names[int(labels[chosen_id[rule][j]])],
+                    )
+                    for j, inst in enumerate(instances)
+                    if inst.shots == k and chosen_id[rule][j] >= 0
+                },
+            }
+        tasks = sorted(_per_task(instances, chosen[cfg.select], k))
         rho_k = _per_task(instances, rho, k)
         out[str(k)] = {
             "n_target_tasks": len(tasks),
-            "chosen": {
-                "mean": float(np.mean([c[t] for t in tasks])) if tasks else math.nan,
-                "per_task": {names[t]: c[t] for t in tasks},
-            },
+            "select": cfg.select,
+            **rules[cfg.select],
             "random_same_tasks": float(np.mean([r[t] for t in tasks])) if tasks else math.nan,
             "oracle_same_tasks": float(np.mean([o[t] for t in tasks])) if tasks else math.nan,
-            "gain_over_random": _ci(gain, cfg.seed),
-            "oracle_gain_captured": float(gain.mean() / headroom.mean())
-            if tasks and headroom.mean() > 0
-            else math.nan,
             "spearman": {
                 "mean": float(np.nanmean(list(rho_k.values()))) if rho_k else math.nan,
                 "per_task": {names[t]: v for t, v in rho_k.items()},
             },
-            "chosen_sources": {
-                f"{names[inst.task_id]}#{inst.repeat}": (
-                    int(chosen_id[j]),
-                    names[int(labels[chosen_id[j]])],
-                )
-                for j, inst in enumerate(instances)
-                if inst.shots == k and chosen_id[j] >= 0
-            },
+            "rules": rules,
         }
     return out
 
@@ -670,10 +750,14 @@ def _score_method(instances, S, ft, labels, names, cfg, spearmanr) -> dict[str, 
 
 
 def format_transfer_table(results: Mapping[str, Any]) -> str:
-    """Markdown: one row per method and K; baselines on the same target tasks."""
+    """Markdown: one row per method, K and selection rule (the primary rule first).
+
+    Baselines are on the same target tasks; both rules pick among the same fine-tuned sources.
+    """
     cols = [
         "method",
         "K",
+        "rule",
         "tasks",
         "scratch",
         "random source",
@@ -684,7 +768,7 @@ def format_transfer_table(results: Mapping[str, Any]) -> str:
         "Spearman(sim, acc)",
     ]
     head = "| " + " | ".join(cols) + " |"
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * len(cols)]
     for name, entry in results.get("methods", {}).items():
         for k, v in entry["shots"].items():
             base = results["baselines"][k]
@@ -692,17 +776,27 @@ def format_transfer_table(results: Mapping[str, Any]) -> str:
             scratch = (
                 np.mean([base["scratch"]["per_task"][t] for t in tasks]) if tasks else math.nan
             )
-            g = v["gain_over_random"]
-            lines.append(
-                f"| {name} | {k} | {v['n_target_tasks']} | {scratch:.3f} | "
-                f"{v['random_same_tasks']:.3f} | "
-                f"{v['chosen']['mean']:.3f} | {v['oracle_same_tasks']:.3f} | "
-                f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] | "
-                f"{v['oracle_gain_captured']:.2f} | {v['spearman']['mean']:.3f} |"
-            )
+            for rule, rv in rule_views(v):
+                g = rv["gain_over_random"]
+                lines.append(
+                    f"| {name} | {k} | {rule} | {v['n_target_tasks']} | {scratch:.3f} | "
+                    f"{v['random_same_tasks']:.3f} | "
+                    f"{rv['chosen']['mean']:.3f} | {v['oracle_same_tasks']:.3f} | "
+                    f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] | "
+                    f"{rv['oracle_gain_captured']:.2f} | {v['spearman']['mean']:.3f} |"
+                )
     for name, reason in results.get("skipped", {}).items():
-        lines.append(f"| {name} | | | skipped: {reason} |" + " |" * 6)
+        lines.append(f"| {name} | | | | skipped: {reason} |" + " |" * 6)
     return "\n".join(lines)
+
+
+def rule_views(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(rule, scores) of one method and K, the primary rule first; old results: one row."""
+    rules = entry.get("rules")
+    if not rules:
+        return [(entry.get("select", "model"), entry)]
+    primary = entry.get("select", next(iter(rules)))
+    return [(primary, rules[primary])] + [(r, v) for r, v in rules.items() if r != primary]
 
 
 def plot_transfer(results: Mapping[str, Any]) -> bytes | None:
