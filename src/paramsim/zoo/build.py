@@ -195,4 +195,7 @@ def _write_meta(conn, out: Path, meta: dict, tasks) -> None:
 def _progress(total: int, enabled: bool, recipe: Recipe):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=f"zoo {recipe.name}", unit="step")
+    # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean
+    return tqdm(
+        total=total, disable=None if enabled else True, desc=f"zoo {recipe.name}", unit="step"
+    )
