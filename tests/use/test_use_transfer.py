@@ -125,7 +125,9 @@ def test_saved_model_is_scored_on_unseen_tasks_only(use_zoo):
 def test_select_sources_ranks_other_models(use_zoo):
     dataset = use_zoo.dataset()
     x, y = kshot(use_zoo.tasks[0], dataset, 5, (1, 5, 0, 0))
-    got = select_sources(use_zoo, "gram1", x.numpy(), y.numpy(), k=4, exclude_tasks=["0 vs 1"])
+    got = select_sources(
+        use_zoo, "gram1", x.numpy(), y.numpy(), k=4, exclude_tasks=["0 vs 1"], select="task"
+    )
     assert len(got) == 4
     assert all(g["task"] != "0 vs 1" for g in got)
     # task rule: tasks by mean similarity, then models by similarity within a task
@@ -141,7 +143,7 @@ def test_select_sources_ranks_other_models(use_zoo):
     again = select_sources(
         use_zoo, "gram1", x.reshape(len(x), -1).numpy(), y.numpy(), k=4, exclude_tasks=["0 vs 1"]
     )
-    assert again == got
+    assert again == by_model
 
 
 def test_select_sources_rejects_bad_labels(use_zoo):
@@ -177,7 +179,7 @@ def test_write_transfer(gram1_results, tmp_path):
     table = format_transfer_table(gram1_results)
     rows = table.splitlines()[2:]
     assert len(rows) == 2 and all("gram1" in r for r in rows)
-    assert [r.split("|")[3].strip() for r in rows] == ["task", "model"]  # primary rule first
+    assert [r.split("|")[3].strip() for r in rows] == ["model", "task"]  # primary rule first
 
 
 # Task 0 holds the single most similar model (0.9) but task 1 is the most similar on average
@@ -204,17 +206,17 @@ def test_task_rule_picks_task_with_highest_mean_similarity():
 
 def test_both_rules_scored_from_the_same_finetunes(use_zoo, gram1_results):
     per = gram1_results["methods"]["gram1"]["shots"]["1"]
-    assert per["select"] == "task" and set(per["rules"]) == {"task", "model"}
-    assert per["chosen"] == per["rules"]["task"]["chosen"]
+    assert per["select"] == "model" and set(per["rules"]) == {"task", "model"}
+    assert per["chosen"] == per["rules"]["model"]["chosen"]
     base = gram1_results["baselines"]["1"]
     for rule in ("task", "model"):
         for task, acc in per["rules"][rule]["chosen"]["per_task"].items():
             assert acc <= base["oracle"]["per_task"][task] + 1e-12
-    # a primary "model" config only relabels which rule is primary: the picks are the same
+    # a primary "task" config only relabels which rule is primary: the picks are the same
     again = evaluate_transfer(
         use_zoo,
         {"gram1": load_similarity(method="gram1")},
-        TransferConfig(**QUICK, select="model"),
+        TransferConfig(**QUICK, select="task"),
     )["methods"]["gram1"]["shots"]["1"]
-    assert again["select"] == "model" and again["rules"] == per["rules"]
-    assert again["chosen"] == per["rules"]["model"]["chosen"]
+    assert again["select"] == "task" and again["rules"] == per["rules"]
+    assert again["chosen"] == per["rules"]["task"]["chosen"]

@@ -121,7 +121,7 @@ def relate_command(zoo, model_dir, methods, out_dir, seed, threads, quiet):
 @click.option(
     "--select",
     type=click.Choice(["task", "model"]),
-    default="task",
+    default="model",
     show_default=True,
     help="Primary selection rule: the best task by mean similarity of its models, then its "
     "most similar model; or the single most similar model. Both are reported.",

@@ -81,7 +81,7 @@ def choose_source(
     similarity: np.ndarray,
     model_tasks: np.ndarray,
     candidates: np.ndarray | None = None,
-    select: str = "task",
+    select: str = "model",
     top: int = 0,
 ) -> int:
     """Index of the source model to fine-tune among `candidates` (a boolean mask).
@@ -125,7 +125,7 @@ class TransferConfig:
     targets: tuple[str, ...] | None = None  # task names to evaluate (default: all)
     seed: int = 0
     chunk: int = 2048  # fine-tunes per stacked run (memory bound)
-    select: str = "task"  # primary selection rule: "task" (mean over a task's models) or "model"
+    select: str = "model"  # primary selection rule: "task" (mean over a task's models) or "model"
     select_top: int = 0  # task rule: mean of the task's m most similar models (0: all of them)
 
     def __post_init__(self) -> None:
@@ -375,7 +375,7 @@ def select_sources(
     k: int = 5,
     seed: int = 0,
     exclude_tasks: Sequence[str] = (),
-    select: str = "task",
+    select: str = "model",
     top: int = 0,
 ) -> list[dict[str, Any]]:
     """The k stored models to try first for a probe trained on the user's (x, y).
