@@ -102,7 +102,6 @@ def build_zoo(
     device: str = "cpu",
     data_dir: str | Path | None = None,
     progress: bool = True,
-    stop_after_shards: int | None = None,
 ) -> Path:
     """Build (or resume) the zoo in `out`. Returns the directory."""
     out = Path(out)
@@ -129,9 +128,7 @@ def build_zoo(
             s for s in shards if s.name not in done or not (out / "shards" / s.name).is_file()
         ]
         bar = _progress(sum(max(p.steps for p in s.plans) for s in remaining), progress, recipe)
-        for count, shard in enumerate(remaining):
-            if stop_after_shards is not None and count >= stop_after_shards:
-                break
+        for shard in remaining:
             start = time.perf_counter()
             results = train_shard(shard, recipe, dataset, seed, device, lambda _t: bar.update(1))
             tensors, rows = {}, []
