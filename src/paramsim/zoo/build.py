@@ -131,10 +131,7 @@ def build_zoo(
         for shard in remaining:
             start = time.perf_counter()
             results = train_shard(shard, recipe, dataset, seed, device, lambda _t: bar.update(1))
-            tensors, rows = {}, []
-            for plan, sd, train_acc, test_acc, retrains in results:
-                tensors.update({f"{plan.model_id}/{k}": v for k, v in sd.items()})
-                rows.append((plan, sd, train_acc, test_acc, retrains))
+            tensors = {f"{plan.model_id}/{k}": v for plan, sd, *_ in results for k, v in sd.items()}
             path = out / "shards" / shard.name
             atomic_save_tensors(tensors, path, metadata={"zoo_seed": str(seed)})
             digest = file_sha256(path)
@@ -142,7 +139,7 @@ def build_zoo(
                 conn.execute("DELETE FROM models WHERE shard = ?", (shard.name,))
                 conn.execute(
                     "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)",
-                    (shard.name, digest, len(rows), time.perf_counter() - start),
+                    (shard.name, digest, len(results), time.perf_counter() - start),
                 )
                 conn.executemany(
                     "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -160,7 +157,7 @@ def build_zoo(
                             shard.name,
                             tensors_sha256(sd),
                         )
-                        for p, sd, train_acc, test_acc, retrains in rows
+                        for p, sd, train_acc, test_acc, retrains in results
                     ],
                 )
         bar.close()
