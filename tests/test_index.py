@@ -64,3 +64,19 @@ def test_fp16_storage_is_exhaustive_and_close(tmp_path):
     assert (i1[:, 0] == i2[:, 0]).all()
     with pytest.raises(ParamsimError, match="storage"):
         EmbeddingIndex(4, storage="pq")
+
+
+def test_damaged_index_and_empty_search_are_clear(tmp_path):
+    empty = EmbeddingIndex(3)
+    scores, ids = empty.search(np.ones((2, 3)), k=5)
+    assert scores.shape == ids.shape == (2, 0)
+    idx = EmbeddingIndex(3)
+    idx.add(np.eye(3, dtype=np.float32), tasks=["a", "b", "c"])
+    idx.save(tmp_path / "i")
+    (tmp_path / "i" / META_FILE).write_text("{not json")
+    with pytest.raises(ParamsimError, match="rebuild"):
+        EmbeddingIndex.load(tmp_path / "i")
+    idx.save(tmp_path / "i")
+    (tmp_path / "i" / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(ParamsimError, match="rebuild"):
+        EmbeddingIndex.load(tmp_path / "i")

@@ -78,7 +78,9 @@ class EmbeddingIndex:
         q = _unit(np.atleast_2d(queries))
         if q.shape[1] != self.dim:
             raise ParamsimError(f"queries have {q.shape[1]} dims; the index holds {self.dim}")
-        k = max(1, min(int(k), len(self))) if len(self) else 1
+        if not len(self):
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        k = max(1, min(int(k), len(self)))
         scores, pos = self._index.search(q, k)
         ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
         return scores, ids
@@ -129,16 +131,24 @@ class EmbeddingIndex:
             raise ParamsimError(
                 f"{d} is not a paramsim index; build one with `paramsim index build ZOO`"
             )
-        doc = json.loads((d / META_FILE).read_text())
+        try:
+            doc = json.loads((d / META_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise ParamsimError(f"cannot read {d / META_FILE} ({exc}); rebuild the index") from exc
+        if not isinstance(doc, dict) or doc.get("format") != "paramsim-index":
+            raise ParamsimError(f"{d / META_FILE} is not a paramsim index file; rebuild it")
         if doc.get("format_version") != INDEX_FORMAT_VERSION:
             raise ParamsimError(
                 f"{d} has index format version {doc.get('format_version')}; this paramsim "
                 f"reads {INDEX_FORMAT_VERSION}; rebuild it with `paramsim index build`"
             )
-        out = cls(doc["dim"], doc.get("meta"), doc.get("storage", "flat"))
-        out._index = faiss.read_index(str(d / INDEX_FILE))
-        out.ids = np.asarray(doc["ids"], dtype=np.int64)
-        out.tasks = list(doc["tasks"])
-        if len(out.ids) != len(out):
+        try:
+            out = cls(doc["dim"], doc.get("meta"), doc.get("storage", "flat"))
+            out._index = faiss.read_index(str(d / INDEX_FILE))  # faiss format, never pickle
+            out.ids = np.asarray(doc["ids"], dtype=np.int64)
+            out.tasks = list(doc["tasks"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ParamsimError(f"{d} is damaged ({exc}); rebuild the index") from exc
+        if len(out.ids) != len(out) or len(out.tasks) != len(out) or out._index.d != out.dim:
             raise ParamsimError(f"{d} is inconsistent (ids vs vectors); rebuild the index")
         return out

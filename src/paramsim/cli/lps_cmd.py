@@ -3,13 +3,12 @@ the stored models nearest to a checkpoint."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
 
+from paramsim.atomic import atomic_path
 from paramsim.cli.common import quiet_option, set_threads, threads_option
 from paramsim.errors import ParamsimError
 
@@ -69,15 +68,8 @@ def _load_model(path: str | Path):
 
 
 def _atomic_npy(array: np.ndarray, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def register(cli: click.Group) -> None:
@@ -198,7 +190,7 @@ def register(cli: click.Group) -> None:
         emb = lps.embed(nets)
         idx = EmbeddingIndex(
             emb.shape[1],
-            {"zoo": str(Path(zoo).resolve()), "model": str(Path(model_dir))},
+            {"zoo": str(Path(zoo).resolve()), "model": str(Path(model_dir).resolve())},
             storage="fp16" if fp16 else "flat",
         )
         idx.add(emb, ids, names)

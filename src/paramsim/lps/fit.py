@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from paramsim.atomic import atomic_path, atomic_write
 from paramsim.data import Task
 from paramsim.errors import ParamsimError
 from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig
@@ -444,14 +443,9 @@ class LPS:
             "fit_config": self.fit_config.to_dict(),
             "meta": self.meta,
         }
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp)
-        os.replace(tmp, d / WEIGHTS_FILE)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, d / CONFIG_FILE)
+        with atomic_path(d / WEIGHTS_FILE) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write(d / CONFIG_FILE, json.dumps(doc, indent=1))
         return d
 
     @classmethod
@@ -478,7 +472,12 @@ class LPS:
                 f"{d} holds LPS format version {version}; this paramsim reads version "
                 f"{FORMAT_VERSION}; refit with `paramsim fit` or use a matching paramsim"
             )
-        cfg = LPSConfig.from_dict(doc["config"])
+        try:
+            cfg = LPSConfig.from_dict(doc["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ParamsimError(
+                f"{cfile} has no valid LPS config ({exc}); refit the model"
+            ) from exc
         net = LPSNet(cfg)
         try:
             state = load_file(str(wfile))
