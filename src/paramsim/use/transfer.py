@@ -52,6 +52,7 @@ from paramsim.errors import ParamsimError
 from paramsim.features.base import Context
 from paramsim.use._common import (
     Similarity,
+    canonical_task,
     cross_similarity,
     figure_png,
     fit_excluding,
@@ -606,7 +607,11 @@ def evaluate_transfer(
                     S[rows] = _probe_similarity(fitted.method, instances, rows, networks, cfg)
             else:
                 seen = sim.seen_tasks or frozenset()
-                rows = [j for j, inst in enumerate(instances) if names[inst.task_id] not in seen]
+                rows = [
+                    j
+                    for j, inst in enumerate(instances)
+                    if canonical_task(names[inst.task_id]) not in seen
+                ]
                 if not rows:
                     raise ParamsimError(
                         f"{sim.name} trained on every target task ({sim.source}); fit it on a "
