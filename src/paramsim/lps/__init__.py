@@ -3,7 +3,7 @@ them to embeddings whose cosine says how alike their tasks are (Wang et al. 2019
 with a function-space branch of learned probe inputs)."""
 
 from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig
-from paramsim.lps.fit import LPS, filter_extra, fit_lps, relation_loss, retrieval_map, task_key
+from paramsim.lps.fit import LPS, filter_extra, relation_loss, retrieval_map, task_key
 from paramsim.lps.method import LPS_METHODS, VARIANTS, LPSMethod, get_method
 from paramsim.lps.model import LPSNet
 
@@ -17,7 +17,6 @@ __all__ = [
     "VARIANTS",
     "FitConfig",
     "filter_extra",
-    "fit_lps",
     "get_method",
     "relation_loss",
     "retrieval_map",

@@ -488,15 +488,3 @@ class LPS:
             ) from exc
         net.eval()
         return cls(cfg, FitConfig.from_dict(doc.get("fit_config", {})), net, doc.get("meta", {}))
-
-
-def fit_lps(
-    networks: Sequence[Network],
-    tasks: Sequence[Task],
-    val: tuple[Sequence[Network], Sequence[Task]] | None = None,
-    config: LPSConfig | None = None,
-    fit_config: FitConfig | None = None,
-    **kwargs,
-) -> LPS:
-    """Functional form of `LPS(config, fit_config).fit(networks, tasks, val=val, ...)`."""
-    return LPS(config, fit_config or FitConfig()).fit(networks, tasks, val=val, **kwargs)
