@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from paramsim.cli import main
 from paramsim.weights import load, permute_hidden
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 
 MLP = ArchSpec("mlp", (1, 4, 4), (6, 5))
 CNN = ArchSpec("cnn", (1, 6, 6), (3, 4), batchnorm=True)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from paramsim.data import Dataset
 from paramsim.features import Context, get_method
 from paramsim.weights import Network, from_module, permute_hidden
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 
 INVARIANT = ["stats", "gram1", "chain", "e2e", "probes", "cka", "outputs"]
 # chain on CNNs and the row-normalised / bias variants are invariant too

@@ -19,7 +19,7 @@ from paramsim.features import (
 )
 from paramsim.features.function import centred_gram
 from paramsim.weights import Layer, Network, NetworkStack, from_module, permute_hidden
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 
 MLP = ArchSpec("mlp", (1, 4, 4), (6, 5))
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from paramsim.errors import ParamsimError
 from paramsim.weights import Network, from_module, from_state_dict, load
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 
 MLP = ArchSpec("mlp", (1, 8, 8), (16, 12))
 CNN_BN = ArchSpec("cnn", (1, 8, 8), (6, 5), batchnorm=True)

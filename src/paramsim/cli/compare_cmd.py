@@ -14,7 +14,7 @@ def parse_spec(text: str | None):
     """An ArchSpec from a JSON string or a file holding one (None passes through)."""
     if text is None:
         return None
-    from paramsim.zoo.arch import ArchSpec
+    from paramsim.weights.arch import ArchSpec
 
     path = Path(text)
     if not text.lstrip().startswith("{"):

@@ -60,7 +60,7 @@ from paramsim.use._common import (
     settings_key,
     write_json,
 )
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 from paramsim.zoo.trainer import ModelPlan, StackedModels, StackedOptimizer
 
 ProgressFn = Callable[[str], None]

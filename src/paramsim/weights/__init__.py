@@ -1,5 +1,6 @@
 """Checkpoints of any supported kind, read into one canonical layered form."""
 
+from paramsim.weights.arch import ArchSpec
 from paramsim.weights.load import from_module, from_state_dict, load
 from paramsim.weights.network import (
     Layer,
@@ -12,6 +13,7 @@ from paramsim.weights.network import (
 )
 
 __all__ = [
+    "ArchSpec",
     "Layer",
     "Network",
     "NetworkStack",

@@ -14,16 +14,14 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from paramsim.errors import ParamsimError
+from paramsim.weights.arch import ArchSpec
 from paramsim.weights.network import Layer, Network
-
-if TYPE_CHECKING:  # imported lazily below: the zoo package imports this one
-    from paramsim.zoo.arch import ArchSpec
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -82,8 +80,6 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], ArchSpec | None]:
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ArchSpec | None]:
     from safetensors import safe_open
-
-    from paramsim.zoo.arch import ArchSpec
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:

@@ -1,6 +1,6 @@
 """Model sets: recipes, architectures, the vectorised trainer and the zoo store."""
 
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 from paramsim.zoo.build import build_zoo
 from paramsim.zoo.recipes import RECIPES, Recipe, load_recipe
 from paramsim.zoo.store import ModelRecord, Zoo

@@ -15,7 +15,7 @@ import numpy as np
 
 from paramsim.data import Task, group_tasks, pair_tasks
 from paramsim.errors import ParamsimError
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 from paramsim.zoo.trainer import ModelPlan
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from paramsim.atomic import atomic_path
 from paramsim.data import Dataset, Task, load_dataset
 from paramsim.errors import ParamsimError
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 
 REGISTRY = "registry.sqlite"
 SCHEMA = """

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from paramsim.data import Dataset, Task
-from paramsim.zoo.arch import ArchSpec
+from paramsim.weights.arch import ArchSpec
 
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
