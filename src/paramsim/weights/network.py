@@ -7,11 +7,13 @@ the layer before it, and every layer has a bias (zeros when the checkpoint had n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+
+from paramsim.errors import ParamsimError
 
 # Operations allowed between layers, applied in order after a layer's affine map.
 OPS = ("relu", "maxpool2", "gap", "flatten")
@@ -63,6 +65,28 @@ class Network:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
+
+
+def fold_batchnorm(layer: Layer, bn: Mapping[str, torch.Tensor | float], name: str) -> Layer:
+    """`layer` followed by eval-mode batch-norm y = (x - mean) / sqrt(var + eps) * gamma + beta,
+    as one affine layer. `bn` holds running_mean, running_var and optionally weight (gamma),
+    bias (beta) and eps (default 1e-5, PyTorch's)."""
+    mean, var = bn.get("running_mean"), bn.get("running_var")
+    if mean is None or var is None:
+        raise ParamsimError(f"batch-norm {name} has no running statistics; cannot fold it")
+    eps = float(bn["eps"]) if "eps" in bn else 1e-5
+    gamma = bn.get("weight", torch.ones_like(mean))
+    beta = bn.get("bias", torch.zeros_like(mean))
+    scale = (gamma / torch.sqrt(var + eps)).float()
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    weight = layer.weight * scale.reshape(shape)
+    bias = (layer.bias - mean.float()) * scale + beta.float()
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise ParamsimError(
+            f"batch-norm {name} folds into non-finite weights (a zero running_var with eps 0, "
+            "or values near the float limit); the checkpoint cannot be used"
+        )
+    return Layer(layer.kind, weight, bias, layer.padding, layer.post)
 
 
 def _op(name: str, h: torch.Tensor) -> torch.Tensor:
