@@ -264,3 +264,78 @@ def test_module_without_flatten_reads_images() -> None:
     with torch.no_grad():
         torch.testing.assert_close(net(x), module(x.flatten(1)))
     assert net.signature() == from_module(nn.Sequential(nn.Flatten(), *module)).signature()
+
+
+def _chain_sd(names: list[str], bn: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """An MLP 16-6-5-2 state_dict whose layers are called `names` (batch-norms `bn`)."""
+    g = torch.Generator().manual_seed(0)
+    sd: dict[str, torch.Tensor] = {}
+    for name, (n_out, n_in) in zip(names, [(6, 16), (5, 6), (2, 5)], strict=True):
+        sd[f"{name}.weight"] = torch.randn(n_out, n_in, generator=g)
+        sd[f"{name}.bias"] = torch.randn(n_out, generator=g)
+        if bn and name in bn:
+            sd[f"{bn[name]}.running_mean"] = torch.randn(n_out, generator=g)
+            sd[f"{bn[name]}.running_var"] = torch.rand(n_out, generator=g) + 0.5
+            sd[f"{bn[name]}.num_batches_tracked"] = torch.tensor(3)
+    return sd
+
+
+@pytest.mark.parametrize(
+    "names, bn",
+    [
+        (["1", "3", "5"], None),  # nn.Sequential
+        (["module.0", "module.2", "module.4"], {"module.0": "module.1"}),  # DataParallel
+        (["layers.0", "layers.1", "layers.2"], None),  # ModuleList
+        (["fc1", "fc2", "fc3"], {"fc1": "bn1", "fc2": "bn2"}),  # numbered attributes
+        (["blocks.0.fc", "blocks.1.fc", "blocks.2.fc"], {"blocks.0.fc": "blocks.0.bn"}),
+    ],
+)
+def test_spec_less_chain_accepts_numbered_layers(names, bn) -> None:
+    sd = _chain_sd(names, bn)
+    net = from_state_dict(sd)
+    assert [lay.weight.shape[1] for lay in net.layers] == [16, 6, 5]
+    # the order comes from the numbers, not from the dict order
+    shuffled = dict(reversed(list(sd.items())))
+    for a, b in zip(from_state_dict(shuffled).layers, net.layers, strict=True):
+        assert torch.equal(a.weight, b.weight)
+
+
+@pytest.mark.parametrize(
+    "names, extra",
+    [
+        (["fc1", "fc2", "out"], "out.weight"),  # cannot tell where `out` goes: refused
+        (["0", "2", "4"], "extra.weight"),
+        (["layers.0", "layers.1", "head.0"], "head.0.weight"),
+    ],
+)
+def test_spec_less_chain_refuses_keys_it_cannot_place(names, extra) -> None:
+    sd = _chain_sd(names)
+    if extra not in sd:
+        sd[extra] = torch.ones(3, 2)  # chains after the output layer: would become a layer
+    with pytest.raises(ParamsimError, match="outside its layer chain") as err:
+        from_state_dict(sd)
+    assert extra in str(err.value)
+
+
+def test_spec_keys_and_shapes_are_checked_before_building() -> None:
+    sd = dict(MLP.build().state_dict())
+    sd["extra.weight"] = torch.ones(3, 3)
+    del sd["3.bias"]
+    with pytest.raises(ParamsimError) as err:
+        from_state_dict(sd, MLP)
+    text = str(err.value)
+    assert "unknown keys extra.weight" in text and "missing keys 3.bias" in text
+    bn_sd = {k: v for k, v in CNN_BN.build().state_dict().items() if "num_batches" not in k}
+    from_state_dict(bn_sd, CNN_BN)  # the batch-norm counter may be absent
+
+
+def test_module_with_bad_values_is_refused_like_a_file() -> None:
+    module = MLP.build()
+    with torch.no_grad():
+        module[3].bias[0] = float("nan")
+    with pytest.raises(ParamsimError, match=r"3\.bias .*NaN"):
+        from_module(module)
+    bn = nn.BatchNorm1d(4, eps=0.0).eval()
+    bn.running_var.zero_()
+    with pytest.raises(ParamsimError, match="non-finite"):
+        from_module(nn.Sequential(nn.Linear(4, 4), bn, nn.ReLU(), nn.Linear(4, 2)))
