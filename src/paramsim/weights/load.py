@@ -233,7 +233,7 @@ def from_state_dict(
             raise ParamsimError(
                 f"state_dict does not fit architecture {spec.label}: {_short(exc)}"
             ) from exc
-        return from_module(module.eval(), input_shape or spec.input_shape)
+        return from_module(module.eval(), input_shape or spec.input_shape, checked=True)
     chain = _chain(sd)
     check_values(sd)
     return _infer_mlp(chain, input_shape)

@@ -19,20 +19,24 @@ from paramsim.weights.network import Layer, Network, fold_batchnorm
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
 
-def from_module(module: nn.Module, input_shape: tuple[int, int, int] | None = None) -> Network:
+def from_module(
+    module: nn.Module, input_shape: tuple[int, int, int] | None = None, *, checked: bool = False
+) -> Network:
     """An `nn.Module` whose leaves run in registration order, as a `Network`.
 
     Supported leaves: Linear, Conv2d (stride 1, groups 1, dilation 1, square kernel, zero
     padding), BatchNorm1d/2d (folded with its running statistics, i.e. eval mode), ReLU,
     MaxPool2d(2), AdaptiveAvgPool2d(1) + Flatten (global average pooling), Flatten,
     Identity/Dropout (skipped). Containers other than nn.Sequential are accepted when their
-    forward runs the children in order; that is verified on a random input.
+    forward runs the children in order; that is verified on a random input. `checked`
+    skips the tensor checks for a module built from an already checked state_dict.
     """
     leaves: list[tuple[str, nn.Module]] = []
     opaque = _walk(module, "", leaves)
-    state = module.state_dict()
-    check_tensors(state)
-    check_values(state)
+    if not checked:
+        state = module.state_dict()
+        check_tensors(state)
+        check_values(state)
     input_ops: list[str] = []
     layers: list[Layer] = []
     posts: list[list[str]] = []
