@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -206,15 +208,18 @@ class ArchSpec:
 
 
 def _int(name: str, value: Any) -> int:
-    """`value` as an int; bools, fractions and strings are refused rather than coerced."""
-    ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not ok:
+    """`value` as an int; bools, fractions and strings are refused rather than coerced
+    (numpy integers and whole floats such as JSON's 16.0 are fine)."""
+    whole = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and float(value).is_integer()
+    )
+    if isinstance(value, bool) or not whole:
         raise ParamsimError(f"architecture {name} must hold whole numbers, got {_show(value)}")
     return int(value)
 
 
 def _ints(name: str, values: Any) -> tuple[int, ...]:
-    if not isinstance(values, (list, tuple)):
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
         raise ParamsimError(
             f"architecture {name} must be a list of whole numbers, got {_show(values)}"
         )
