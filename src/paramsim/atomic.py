@@ -1,12 +1,18 @@
-"""Never a half-written output: write to a temporary file beside the target, then rename."""
+"""Never a half-written or lost output: write to a temporary file (or directory) beside the
+target, then rename; never replace a directory that paramsim did not write."""
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from paramsim.errors import ParamsimError
 
 
 @contextlib.contextmanager
@@ -41,3 +47,169 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --------------------------------------------------------------------------- output directories
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What one command writes into its --out directory, so that an existing one is known.
+
+    A directory is an earlier output of this kind when one of `markers` exists in it (or,
+    with `nested`, in one of its sub-directories) and every top-level entry matches
+    `entries` (glob patterns) or is such a sub-directory. Anything else may be a user's
+    data, which is never replaced.
+    """
+
+    what: str  # for messages: "an LPS model", "an eval report"
+    markers: tuple[str, ...]
+    entries: tuple[str, ...]
+    nested: bool = False  # sub-directories holding a marker are ours too (relate, per method)
+
+    def _marked(self, directory: Path) -> bool:
+        return any((directory / m).is_file() for m in self.markers)
+
+    def _entry_is_ours(self, entry: Path) -> bool:
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            return True  # an atomic write's leftover from a killed run
+        if any(fnmatch.fnmatchcase(name, pat) for pat in self.entries):
+            return True
+        return self.nested and entry.is_dir() and self._marked(entry)
+
+    def holds(self, directory: Path) -> bool:
+        """True when `directory` looks like an earlier output of this kind."""
+        entries = list(directory.iterdir())
+        marked = self._marked(directory) or (
+            self.nested and any(e.is_dir() and self._marked(e) for e in entries)
+        )
+        return marked and all(self._entry_is_ours(e) for e in entries)
+
+
+def check_output_dir(
+    path: str | Path, kind: OutputKind, overwrite: bool, resume: bool = False
+) -> str:
+    """Refuse an --out whose replacement could lose a user's data; say what is there.
+
+    Returns "absent", "empty" or "ours" (an earlier output of `kind`, which needs
+    `overwrite`, or `resume` for commands that continue an earlier run). A file, a symbolic
+    link, or a non-empty directory that is not ours raises ParamsimError before any work.
+    """
+    p = Path(path)
+    if p.is_symlink():
+        raise ParamsimError(f"--out {p} is a symbolic link; give the real directory's path")
+    if not p.exists():
+        return "absent"
+    if not p.is_dir():
+        raise ParamsimError(f"--out {p} is a file, not a directory; choose another --out")
+    try:
+        entries = sorted(e.name for e in p.iterdir())
+        ours = kind.holds(p)
+    except OSError as exc:
+        raise ParamsimError(
+            f"cannot read --out {p} ({exc.strerror}); choose another --out"
+        ) from exc
+    if not entries:
+        return "empty"
+    if not ours:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ParamsimError(
+            f"--out {p} exists and is not {kind.what} written by paramsim (it holds {shown}); "
+            "choose a new directory"
+        )
+    if not (overwrite or resume):
+        raise ParamsimError(f"--out {p} already holds {kind.what}; add --overwrite to replace it")
+    return "ours"
+
+
+def check_output_file(path: str | Path, what: str, magic: bytes, overwrite: bool) -> None:
+    """Refuse an --out file whose replacement could lose a user's data: a directory, a
+    non-regular file, or a file that does not start with `magic` (so is not `what`); an
+    earlier `what` is replaced only with `overwrite`."""
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return
+    if p.is_dir():
+        raise ParamsimError(f"--out {p} is a directory; give a file name such as emb.npy")
+    if p.is_symlink() or not p.is_file():
+        raise ParamsimError(f"--out {p} is not a regular file; choose another --out")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(len(magic))
+    except OSError as exc:
+        raise ParamsimError(
+            f"cannot read --out {p} ({exc.strerror}); choose another --out"
+        ) from exc
+    if head != magic:
+        raise ParamsimError(f"--out {p} exists and is not {what}; choose another file name")
+    if not overwrite:
+        raise ParamsimError(f"--out {p} already holds {what}; add --overwrite to replace it")
+
+
+def _beside(target: Path) -> Path:
+    """A fresh private directory next to `target` (same file system, so renames are atomic)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        )
+    except OSError as exc:
+        raise ParamsimError(
+            f"cannot write beside --out {target} ({exc.strerror}); choose another --out"
+        ) from exc
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, kind: OutputKind, overwrite: bool = False) -> Iterator[Path]:
+    """Check `path` (see `check_output_dir`), then yield a fresh path beside it to write into.
+
+    On success the new directory takes `path`'s place by renames and the earlier output of
+    ours (if any) is removed; on failure everything written is removed and `path` is as it
+    was. A directory we did not write is never removed: it was refused on entry.
+    """
+    target = Path(os.path.abspath(path))
+    check_output_dir(target, kind, overwrite)
+    work = _beside(target)
+    new = work / target.name
+    try:
+        yield new
+        new.mkdir(exist_ok=True)
+        os.chmod(new, 0o777 & ~_umask())  # the usual mode, not mkdtemp's 0700
+        state = check_output_dir(target, kind, overwrite)  # again: it may have changed
+        if state == "empty":
+            os.rmdir(target)  # fails, keeping it, if something appeared inside meanwhile
+        elif state == "ours":
+            os.replace(target, work / ".replaced")
+        try:
+            os.replace(new, target)
+        except BaseException:
+            if state == "ours":
+                os.replace(work / ".replaced", target)
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # made above: holds only what we wrote
+
+
+@contextlib.contextmanager
+def replace_in_place(path: str | Path, kind: OutputKind, overwrite: bool) -> Iterator[Path]:
+    """Like `atomic_dir`, for outputs written at their final path (they record it, or resume
+    there): an earlier output of ours is first moved aside, restored if the run fails, and
+    removed once the new one is complete. Without `overwrite` an earlier output of ours is
+    continued in place (the command reuses what it finds)."""
+    target = Path(os.path.abspath(path))
+    state = check_output_dir(target, kind, overwrite, resume=True)
+    if state != "ours" or not overwrite:
+        yield target
+        return
+    work = _beside(target)
+    os.replace(target, work / ".replaced")
+    try:
+        yield target
+    except BaseException:
+        if target.exists():  # the new, partial output: we created it
+            os.replace(target, work / ".failed")
+        os.replace(work / ".replaced", target)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,44 +1,13 @@
-"""`paramsim compare A B`: the similarity of two checkpoints by one method."""
+"""`paramsim compare A B`: the similarity of two checkpoints by fixed methods or an LPS model."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
+from paramsim.cli.common import compute_options, methods_option, set_seed, set_threads
 from paramsim.errors import ParamsimError
 
-
-def parse_spec(text: str | None):
-    """An ArchSpec from a JSON string or a file holding one (None passes through)."""
-    if text is None:
-        return None
-    from paramsim.weights.arch import ArchSpec
-
-    path = Path(text)
-    if not text.lstrip().startswith("{"):
-        if not path.is_file():
-            raise ParamsimError(f"--spec {text!r} is neither a JSON object nor a file")
-        text = path.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParamsimError(f"--spec is not valid JSON: {exc}") from exc
-    return ArchSpec.from_json(data)
-
-
-def compare(a: str, b: str, method: str = "chain", spec: str | None = None) -> float:
-    """Similarity of checkpoints `a` and `b` (larger is more alike)."""
-    from paramsim.features import Context, get_method
-    from paramsim.weights import load
-
-    m = get_method(method)
-    if not m.weights_only:
-        raise ParamsimError(f"method {method} needs a dataset; compare runs weights-only methods")
-    arch = parse_spec(spec)
-    nets = [load(a, arch), load(b, arch)]
-    return float(m.similarity(nets, Context())[0, 1]) + 0.0  # no -0.0
+DEFAULT_METHOD = "chain"
 
 
 def register(cli: click.Group) -> None:
@@ -47,13 +16,10 @@ def register(cli: click.Group) -> None:
     @cli.command("compare")
     @click.argument("a", type=click.Path(dir_okay=False))
     @click.argument("b", type=click.Path(dir_okay=False))
-    @click.option(
-        "--method",
-        "-m",
-        default="chain",
-        show_default=True,
-        type=click.Choice(FIXED_METHODS),
-        help="Fixed similarity method (see docs: features).",
+    @methods_option(
+        f"Comma list of fixed, weights-only methods (default {DEFAULT_METHOD}; "
+        f"from {', '.join(FIXED_METHODS)}). One method prints one number; several print a "
+        "line per method."
     )
     @click.option(
         "--spec",
@@ -62,19 +28,58 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--model", "model_dir", default=None, help="A saved LPS model (paramsim fit).")
     @click.option("--zoo", default=None, help="With --model: print the zoo tasks nearest to each.")
+    @compute_options()
     def compare_cmd(
-        a: str, b: str, method: str, spec: str | None, model_dir: str | None, zoo: str | None
+        a: str,
+        b: str,
+        methods: str | None,
+        spec: str | None,
+        model_dir: str | None,
+        zoo: str | None,
+        seed: int,
+        threads: int | None,
+        quiet: bool,
     ) -> None:
         """Print how similar checkpoints A and B are (.safetensors, .pt or .pth)."""
+        from paramsim.use.compare import compare_with_model, similarities, spec_from_text
+
+        set_threads(threads)
+        set_seed(seed)
+        arch = spec_from_text(spec)
         if model_dir is None:
             if zoo:
                 raise ParamsimError("--zoo needs --model (a saved LPS model)")
-            click.echo(f"{compare(a, b, method, spec):.6f}")
+            names = _method_names(methods or DEFAULT_METHOD, FIXED_METHODS)
+            scores = similarities(a, b, names, arch)
+            if len(names) == 1:
+                click.echo(f"{scores[names[0]]:.6f}")
+            else:
+                for name, score in scores.items():
+                    click.echo(f"{name:<8} {score:.6f}")
             return
-        from paramsim.cli.lps_cmd import compare_with_model
-
-        score, near = compare_with_model(a, b, model_dir, parse_spec(spec), zoo)
+        if methods is not None:
+            raise ParamsimError(
+                "--model compares with the saved LPS model and --methods with fixed methods; "
+                "give one of them"
+            )
+        score, near = compare_with_model(a, b, model_dir, arch, zoo)
         click.echo(f"{score:.6f}")
         for name, rows in zip((a, b), near or [], strict=False):
             tasks = ", ".join(f"{t} ({s:.3f})" for t, s in rows)
             click.echo(f"nearest tasks to {name}: {tasks}")
+
+
+def _method_names(text: str, known: list[str]) -> list[str]:
+    """A comma list of known fixed methods, each once."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ParamsimError("--methods is empty; give a comma list such as chain,gram1")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ParamsimError(
+            f"unknown method {', '.join(map(repr, unknown))} for compare; choose from "
+            f"{', '.join(known)} (learned ones: --model DIR)"
+        )
+    if len(set(names)) != len(names):
+        raise ParamsimError("a method is named twice in --methods")
+    return names

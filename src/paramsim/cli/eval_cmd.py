@@ -7,27 +7,34 @@ from pathlib import Path
 
 import click
 
-from paramsim.cli.common import quiet_option, set_threads, threads_option
-from paramsim.errors import ParamsimError
+from paramsim.atomic import atomic_dir
+from paramsim.cli.common import (
+    EVAL_OUTPUT,
+    compute_options,
+    extra_zoo_option,
+    methods_option,
+    overwrite_option,
+    set_seed,
+    set_threads,
+)
+
+MAX_SPLITS = 1000  # a typo must not start a run of days
 
 
 @click.command("eval")
 @click.argument("zoo", type=click.Path(path_type=Path))
-@click.option(
-    "--methods",
-    default=None,
-    help="Comma list of methods, e.g. flat,stats,gram1,chain,e2e,match,probes,cka,outputs,lps "
+@methods_option(
+    "Comma list of methods, e.g. flat,stats,gram1,chain,e2e,match,probes,cka,outputs,lps "
     "(default: all fixed methods).",
 )
 @click.option(
     "--splits",
     "n_splits",
-    type=int,
+    type=click.IntRange(1, MAX_SPLITS),
     default=5,
     show_default=True,
     help="Random task splits (mean ± std over them).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits.")
 @click.option(
     "--out",
     "out_dir",
@@ -35,9 +42,10 @@ from paramsim.errors import ParamsimError
     required=True,
     help="Directory for results.json, results.md, cmc.png, relation.png.",
 )
+@overwrite_option
 @click.option(
     "--test-fraction",
-    type=float,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.4,
     show_default=True,
     help="Fraction of tasks held out per split.",
@@ -45,13 +53,13 @@ from paramsim.errors import ParamsimError
 @click.option(
     "--queries",
     "n_queries",
-    type=int,
+    type=click.IntRange(1),
     default=None,
     help="Queries per held-out task (default: every held-out model queries all others).",
 )
 @click.option(
     "--seen-fraction",
-    type=float,
+    type=click.FloatRange(0, 1, max_open=True),
     default=0.4,
     show_default=True,
     help="Fraction of each training task's models withheld for seen-task "
@@ -68,49 +76,57 @@ from paramsim.errors import ParamsimError
     help="Recompute fixed methods per split on the held-out and training models instead of "
     "once over the whole zoo (matters for methods that normalise over the set, e.g. stats).",
 )
-@click.option(
-    "--extra-zoo",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Extra training models for the lps methods (e.g. a digits-groups zoo); models whose "
-    "task could be a held-out task are dropped.",
-)
-@threads_option
-@quiet_option
+@extra_zoo_option
+@compute_options("Seed of the splits and of every learned method.")
 def eval_command(
     zoo: Path,
     methods: str | None,
     n_splits: int,
     seed: int,
     out_dir: Path,
+    overwrite: bool,
     test_fraction: float,
     n_queries: int | None,
     seen_fraction: float,
     strict: bool,
     fixed_per_split: bool,
-    extra_zoo: Path | None,
+    extra_zoo: tuple[str, ...],
     threads: int | None,
     quiet: bool,
 ) -> None:
     """Evaluate similarity methods on the models of ZOO (a directory from `paramsim zoo build`)."""
-    from paramsim.eval.protocol import (
-        evaluate_zoo,
-        method_overrides,
-        open_zoo,
-        parse_method_names,
-    )
+    from paramsim.eval.protocol import method_overrides, open_zoo, parse_method_names
     from paramsim.eval.report import format_table, write_report
+    from paramsim.use.models import open_zoo as open_model_zoo
 
-    if n_splits < 1:
-        raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
-    if threads is not None and threads < 1:
-        raise ParamsimError(f"--threads must be at least 1, got {threads}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ParamsimError(f"--out {out_dir} is a file; give a directory for the report")
     names = parse_method_names(methods)
     store = open_zoo(zoo)
-    overrides = _lps_with_extra_zoo(open_zoo(extra_zoo).path) if extra_zoo else {}
+    extras = [str(open_model_zoo(e).path) for e in extra_zoo]
+    overrides = _lps_with_extra_zoo(extras) if extras else {}
     set_threads(threads)
+    set_seed(seed)
+    split_options = {
+        "test_fraction": test_fraction,
+        "n_queries": n_queries,
+        "seen_fraction": seen_fraction,
+    }
+    with atomic_dir(out_dir, EVAL_OUTPUT, overwrite) as tmp, method_overrides(overrides):
+        results = _run(store, names, n_splits, seed, quiet, split_options, strict, fixed_per_split)
+        results["zoo"] = zoo.resolve().name
+        results["extra_zoo"] = extras
+        written = write_report(results, tmp)
+    click.echo(format_table(results))
+    for name, reason in results["skipped"].items():
+        click.echo(f"skipped {name}: {reason}", err=True)
+    click.echo(
+        f"{len(names)} methods x {n_splits} splits in {results['wall_seconds']:.1f} s; "
+        f"wrote {', '.join(sorted(written))} to {out_dir}"
+    )
+
+
+def _run(store, names, n_splits, seed, quiet, split_options, strict, fixed_per_split) -> dict:
+    """evaluate_zoo with a progress bar (on stderr unless quiet) and the wall time."""
+    from paramsim.eval.protocol import evaluate_zoo
 
     bar = None
     if not quiet:
@@ -125,42 +141,28 @@ def eval_command(
 
     started = time.perf_counter()
     try:
-        with method_overrides(overrides):
-            results = evaluate_zoo(
-                store,
-                names,
-                n_splits=n_splits,
-                seed=seed,
-                progress=progress,
-                split_options={
-                    "test_fraction": test_fraction,
-                    "n_queries": n_queries,
-                    "seen_fraction": seen_fraction,
-                },
-                on_error="raise" if strict else "skip",
-                fixed_mode="heldout" if fixed_per_split else "all",
-            )
+        results = evaluate_zoo(
+            store,
+            names,
+            n_splits=n_splits,
+            seed=seed,
+            progress=progress,
+            split_options=split_options,
+            on_error="raise" if strict else "skip",
+            fixed_mode="heldout" if fixed_per_split else "all",
+        )
     finally:
         if bar is not None:
             bar.close()
-    results["zoo"] = zoo.resolve().name
-    results["extra_zoo"] = str(extra_zoo) if extra_zoo else None
     results["wall_seconds"] = time.perf_counter() - started
-    written = write_report(results, out_dir)
-    click.echo(format_table(results))
-    for name, reason in results["skipped"].items():
-        click.echo(f"skipped {name}: {reason}", err=True)
-    click.echo(
-        f"{len(names)} methods x {n_splits} splits in {results['wall_seconds']:.1f} s; "
-        f"wrote {', '.join(sorted(written))} to {out_dir}"
-    )
+    return results
 
 
-def _lps_with_extra_zoo(extra: Path) -> dict:
-    """Every LPS variant, its fits also training on `extra`."""
+def _lps_with_extra_zoo(extras: list[str]) -> dict:
+    """Every LPS variant, its fits also training on the models of `extras`."""
     from paramsim.lps import LPS_METHODS, LPSMethod
 
-    return {v: (lambda v=v: LPSMethod(v, extra_zoo=str(extra))) for v in LPS_METHODS}
+    return {v: (lambda v=v: LPSMethod(v, extra_zoo=extras)) for v in LPS_METHODS}
 
 
 def register(cli: click.Group) -> None:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import click
 
-from paramsim.cli.common import quiet_option, set_threads, threads_option
+from paramsim.atomic import atomic_dir, atomic_write, replace_in_place
+from paramsim.cli.common import (
+    RELATE_OUTPUT,
+    REPORT_MARKER,
+    REPORT_OUTPUT,
+    TRANSFER_OUTPUT,
+    compute_options,
+    methods_option,
+    overwrite_option,
+    quiet_option,
+    seed_option,
+    set_seed,
+    set_threads,
+    threads_option,
+)
 from paramsim.errors import ParamsimError
 
 model_option = click.option(
@@ -17,13 +32,14 @@ model_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="A saved LPS model (from `paramsim fit`).",
 )
-method_option = click.option(
-    "--method",
-    "methods",
-    default=None,
-    help="Comma list of method names (fixed ones such as chain,gram1, or lps, which is then "
-    "fitted on the zoo).",
+method_option = methods_option(
+    "Comma list of method names (fixed ones such as chain,gram1, or lps, which is then "
+    "fitted on the zoo)."
 )
+MAX_SHOT = 1000
+MAX_REPEATS = 1000
+MAX_STEPS = 100_000
+MAX_SPLITS = 1000
 
 
 def _names(text: str | None) -> list[str]:
@@ -37,7 +53,7 @@ def _similarities(model_dir: Path | None, methods: str | None) -> dict:
 
     names = _names(methods)
     if model_dir is None and not names:
-        raise ParamsimError("give --model DIR (a saved LPS model) or --method NAME[,NAME...]")
+        raise ParamsimError("give --model DIR (a saved LPS model) or --methods NAME[,NAME...]")
     sims = {}
     if model_dir is not None:
         sims["lps" if "lps" not in names else "lps-saved"] = load_similarity(model=model_dir)
@@ -57,8 +73,10 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         vals = ()
-    if not vals or min(vals) < 1:
-        raise ParamsimError(f"{what} must be positive integers such as 1,5; got {text!r}")
+    if not vals or min(vals) < 1 or max(vals) > MAX_SHOT:
+        raise ParamsimError(
+            f"{what} must be integers from 1 to {MAX_SHOT} such as 1,5; got {text!r}"
+        )
     return vals
 
 
@@ -67,10 +85,9 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @model_option
 @method_option
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True)
-@threads_option
-@quiet_option
-def relate_command(zoo, model_dir, methods, out_dir, seed, threads, quiet):
+@overwrite_option
+@compute_options("Seed of the map layout and of fitting learned methods.")
+def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, quiet):
     """Task-relation matrix, dendrogram and model map of ZOO, next to the ground truth.
 
     Writes relation.json, relation_matrix.png, dendrogram.png and map.png to --out (one
@@ -79,20 +96,21 @@ def relate_command(zoo, model_dir, methods, out_dir, seed, threads, quiet):
     from paramsim.use.relate import relate, summary_lines, write_relation
 
     set_threads(threads)
+    set_seed(seed)
     store = _open(zoo)
     sims = _similarities(model_dir, methods)
-    nets = store.networks()
-    for name, sim in sims.items():
-        t0 = time.perf_counter()
-        res = relate(store, sim, seed=seed, networks=nets)
-        target = out_dir if len(sims) == 1 else out_dir / name
-        written = write_relation(res, target)
-        for line in summary_lines(res):
-            click.echo(line)
-        if not quiet:
-            click.echo(
-                f"{name}: {time.perf_counter() - t0:.1f} s; wrote {', '.join(written)} to {target}"
-            )
+    with atomic_dir(out_dir, RELATE_OUTPUT, overwrite) as tmp:
+        nets = store.networks()
+        for name, sim in sims.items():
+            t0 = time.perf_counter()
+            res = relate(store, sim, seed=seed, networks=nets)
+            written = write_relation(res, tmp if len(sims) == 1 else tmp / name)
+            for line in summary_lines(res):
+                click.echo(line)
+            if not quiet:
+                target = out_dir if len(sims) == 1 else out_dir / name
+                took = time.perf_counter() - t0
+                click.echo(f"{name}: {took:.1f} s; wrote {', '.join(written)} to {target}")
 
 
 @click.command("transfer")
@@ -100,9 +118,16 @@ def relate_command(zoo, model_dir, methods, out_dir, seed, threads, quiet):
 @model_option
 @method_option
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@overwrite_option
 @click.option("--shots", default="1,5", show_default=True, help="K examples per class.")
-@click.option("--repeats", type=int, default=2, show_default=True, help="Draws per task.")
-@click.option("--finetune-steps", type=int, default=40, show_default=True)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, MAX_REPEATS),
+    default=2,
+    show_default=True,
+    help="Draws per task.",
+)
+@click.option("--finetune-steps", type=click.IntRange(0, MAX_STEPS), default=40, show_default=True)
 @click.option(
     "--finetune",
     type=click.Choice(["all", "head"]),
@@ -117,7 +142,13 @@ def relate_command(zoo, model_dir, methods, out_dir, seed, threads, quiet):
     show_default=True,
     help="Zero the source's output layer before fine-tuning, or keep it.",
 )
-@click.option("--folds", type=int, default=3, show_default=True, help="For learned methods.")
+@click.option(
+    "--folds",
+    type=click.IntRange(2, 100),
+    default=3,
+    show_default=True,
+    help="For learned methods.",
+)
 @click.option(
     "--select",
     type=click.Choice(["task", "model"]),
@@ -128,20 +159,19 @@ def relate_command(zoo, model_dir, methods, out_dir, seed, threads, quiet):
 )
 @click.option(
     "--select-top",
-    type=int,
+    type=click.IntRange(0),
     default=0,
     show_default=True,
     help="Task rule: average a task's M most similar models only (0: all of them).",
 )
 @click.option("--targets", default=None, help="Comma list of target tasks (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@threads_option
-@quiet_option
+@compute_options("Seed of the K-shot draws, probes, fine-tuning and learned methods.")
 def transfer_command(
     zoo,
     model_dir,
     methods,
     out_dir,
+    overwrite,
     shots,
     repeats,
     finetune_steps,
@@ -164,6 +194,7 @@ def transfer_command(
     )
 
     set_threads(threads)
+    set_seed(seed)
     store = _open(zoo)
     sims = _similarities(model_dir, methods)
     names = None
@@ -184,10 +215,11 @@ def transfer_command(
         seed=seed,
     )
     started = time.perf_counter()
-    res = evaluate_transfer(
-        store, sims, cfg, progress=None if quiet else lambda m: click.echo(m, err=True)
-    )
-    written = write_transfer(res, out_dir)
+    with atomic_dir(out_dir, TRANSFER_OUTPUT, overwrite) as tmp:
+        res = evaluate_transfer(
+            store, sims, cfg, progress=None if quiet else lambda m: click.echo(m, err=True)
+        )
+        written = write_transfer(res, tmp)
     click.echo(format_transfer_table(res))
     click.echo(f"{time.perf_counter() - started:.1f} s; wrote {', '.join(written)} to {out_dir}")
 
@@ -199,7 +231,13 @@ def transfer_command(
     default="report",
     show_default=True,
     type=click.Path(path_type=Path),
-    help="Report directory (README.md, eval/, relate/, transfer/, and zoo/ unless --zoo).",
+    help="Report directory (README.md, eval/, relate/, transfer/, and zoo/ unless --zoo); "
+    "an earlier report here is continued, reusing its finished stages.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start the report in --out afresh; the earlier one is removed once the new one is done.",
 )
 @click.option(
     "--zoo",
@@ -209,10 +247,16 @@ def transfer_command(
     help="Use (or build) the zoo here instead of OUT/zoo.",
 )
 @click.option("--quick", is_flag=True, help="A reduced run (tiny zoo, one split, K=1).")
-@click.option("--splits", type=int, default=None, help="Task splits for eval (default 3).")
+@click.option(
+    "--splits",
+    type=click.IntRange(1, MAX_SPLITS),
+    default=None,
+    help="Task splits for eval (default 3).",
+)
+@seed_option("Seed of the eval splits and the transfer draws (the zoo keeps its recipe's).")
 @threads_option
 @quiet_option
-def reproduce_command(out_dir, zoo_dir, quick, splits, threads, quiet):
+def reproduce_command(out_dir, overwrite, zoo_dir, quick, splits, seed, threads, quiet):
     """Build the default zoo, evaluate every method, map the task relations, evaluate
     transfer, and write OUT/README.md. Finished stages are reused."""
     from dataclasses import replace
@@ -220,10 +264,10 @@ def reproduce_command(out_dir, zoo_dir, quick, splits, threads, quiet):
     from paramsim.use.reproduce import ReproduceConfig, reproduce
 
     set_threads(threads)
+    set_seed(seed)
     cfg = ReproduceConfig.quick() if quick else ReproduceConfig()
+    cfg = replace(cfg, seed=seed, transfer=replace(cfg.transfer, seed=seed))
     if splits is not None:
-        if splits < 1:
-            raise ParamsimError(f"--splits must be at least 1, got {splits}")
         cfg = replace(cfg, splits=splits)
     started = time.perf_counter()
 
@@ -231,7 +275,14 @@ def reproduce_command(out_dir, zoo_dir, quick, splits, threads, quiet):
         if not quiet:
             click.echo(f"[{time.perf_counter() - started:6.1f}s] {msg}", err=True)
 
-    reproduce(out_dir, zoo_dir, cfg, say)
+    if zoo_dir is not None and zoo_dir.exists():  # refused here, before --out is touched
+        from paramsim.use.models import is_zoo
+
+        if not zoo_dir.is_dir() or (any(zoo_dir.iterdir()) and not is_zoo(zoo_dir)):
+            raise ParamsimError(f"--zoo {zoo_dir} is not a zoo directory (no registry.sqlite)")
+    with replace_in_place(out_dir, REPORT_OUTPUT, overwrite) as out:
+        atomic_write(out / REPORT_MARKER, json.dumps(cfg.to_dict(), indent=1, default=str) + "\n")
+        reproduce(out, zoo_dir, cfg, say)
     click.echo(f"report: {out_dir / 'README.md'} ({time.perf_counter() - started:.1f} s)")
 
 

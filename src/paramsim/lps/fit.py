@@ -17,7 +17,7 @@ from torch import nn
 from paramsim.atomic import atomic_path, atomic_write
 from paramsim.data import Task
 from paramsim.errors import ParamsimError
-from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig
+from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig, finite_json
 from paramsim.lps.model import LPSNet
 from paramsim.weights import Network, NetworkStack, group_by_signature
 
@@ -445,7 +445,7 @@ class LPS:
         }
         with atomic_path(d / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp))
-        atomic_write(d / CONFIG_FILE, json.dumps(doc, indent=1))
+        atomic_write(d / CONFIG_FILE, json.dumps(finite_json(doc), indent=1, allow_nan=False))
         return d
 
     @classmethod
@@ -460,31 +460,54 @@ class LPS:
                 f"{d} is not a saved LPS model (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
                 "create one with `paramsim fit ZOO --out DIR`"
             )
-        try:
-            doc = json.loads(cfile.read_text())
-        except (OSError, ValueError) as exc:
-            raise ParamsimError(f"cannot read {cfile}: {exc}; refit the model") from exc
-        if doc.get("format") != "paramsim-lps":
-            raise ParamsimError(f"{cfile} is not a paramsim LPS config; refit the model")
-        version = doc.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ParamsimError(
-                f"{d} holds LPS format version {version}; this paramsim reads version "
-                f"{FORMAT_VERSION}; refit with `paramsim fit` or use a matching paramsim"
-            )
+        doc = _read_doc(cfile)
         try:
             cfg = LPSConfig.from_dict(doc["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ParamsimError(
-                f"{cfile} has no valid LPS config ({exc}); refit the model"
-            ) from exc
+            fit_config = FitConfig.from_dict(doc.get("fit_config", {}))
+        except KeyError as exc:
+            raise ParamsimError(f"{cfile} has no {exc} section; refit the model") from exc
+        except ParamsimError as exc:
+            raise ParamsimError(f"{cfile}: {exc}; refit the model") from exc
+        meta = doc.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ParamsimError(f"{cfile}: meta must be a JSON object; refit the model")
         net = LPSNet(cfg)
         try:
             state = load_file(str(wfile))
             net.load_state_dict(state)
-        except Exception as exc:
+        except Exception as exc:  # safetensors and torch name the problem in many lines
+            why = " ".join(str(exc).split())[:300]
             raise ParamsimError(
-                f"cannot load weights from {wfile}: {exc}; refit the model"
+                f"cannot load weights from {wfile}: {why}; refit the model"
             ) from exc
+        bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise ParamsimError(f"{wfile} holds non-finite values in {bad[0]}; refit the model")
         net.eval()
-        return cls(cfg, FitConfig.from_dict(doc.get("fit_config", {})), net, doc.get("meta", {}))
+        return cls(cfg, fit_config, net, meta)
+
+
+MAX_CONFIG_BYTES = 64 * 2**20  # an lps.json is a few KB; history of many epochs stays far below
+
+
+def _read_doc(cfile: Path) -> dict:
+    """The top level of lps.json, checked: an object of the known sections, this format."""
+    try:
+        if cfile.stat().st_size > MAX_CONFIG_BYTES:
+            raise ParamsimError(f"{cfile} is larger than an LPS config can be; refit the model")
+        # bare NaN from older saves reads as None; config fields then fail their type check
+        doc = json.loads(cfile.read_text(), parse_constant=lambda _name: None)
+    except (OSError, ValueError) as exc:
+        raise ParamsimError(f"cannot read {cfile}: {exc}; refit the model") from exc
+    if not isinstance(doc, dict) or doc.get("format") != "paramsim-lps":
+        raise ParamsimError(f"{cfile} is not a paramsim LPS config; refit the model")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ParamsimError(
+            f"{cfile} is LPS format version {version!r}; this paramsim reads version "
+            f"{FORMAT_VERSION}; refit with `paramsim fit` or use a matching paramsim"
+        )
+    unknown = sorted(set(doc) - {"format", "format_version", "config", "fit_config", "meta"})
+    if unknown:
+        raise ParamsimError(f"{cfile} has unknown sections {unknown}; refit the model")
+    return doc

@@ -51,9 +51,9 @@ def _zoo_training_set(path: str) -> tuple[tuple[Network, ...], tuple[Task, ...]]
 class LPSMethod(Method):
     """Learned parameter similarity (weights only). `variant` picks an ablation.
 
-    `extra_zoo` (a zoo directory, e.g. digits-groups) adds training models; models whose
-    task could be a held-out task are dropped (see `paramsim.lps.fit.filter_extra`), and
-    `exclude_tasks` names tasks that must never train.
+    `extra_zoo` (a zoo directory, e.g. digits-groups, or a list of them) adds training models;
+    models whose task could be a held-out task are dropped (see
+    `paramsim.lps.fit.filter_extra`), and `exclude_tasks` names tasks that must never train.
     """
 
     learned = True
@@ -63,7 +63,7 @@ class LPSMethod(Method):
         self,
         variant: str = "lps",
         fit_config: FitConfig | None = None,
-        extra_zoo: str | None = None,
+        extra_zoo: str | Sequence[str] | None = None,
         exclude_tasks: Sequence[Task] | None = None,
         **config_overrides,
     ) -> None:
@@ -116,12 +116,14 @@ class LPSMethod(Method):
             fc = FitConfig.from_dict({**fc.to_dict(), "seed": context.seed})
         extra_n: Sequence[Network] = ()
         extra_t: Sequence[Task] = ()
-        if self.extra_zoo:
-            extra_n, extra_t = _zoo_training_set(str(self.extra_zoo))
-            if not self._config(networks).func_branch:
-                keep = [i for i, n in enumerate(extra_n) if n.kind == "mlp"]
-                extra_n = [extra_n[i] for i in keep]
-                extra_t = [extra_t[i] for i in keep]
+        paths = [self.extra_zoo] if isinstance(self.extra_zoo, str) else self.extra_zoo or []
+        for path in paths:
+            more_n, more_t = _zoo_training_set(str(path))
+            extra_n, extra_t = [*extra_n, *more_n], [*extra_t, *more_t]
+        if paths and not self._config(networks).func_branch:
+            keep = [i for i, n in enumerate(extra_n) if n.kind == "mlp"]
+            extra_n = [extra_n[i] for i in keep]
+            extra_t = [extra_t[i] for i in keep]
         self.model = LPS(self._config(networks), fc).fit(
             networks,
             tasks,
