@@ -3,6 +3,7 @@ import os
 import pytest
 
 from paramsim import atomic
+from paramsim.errors import ParamsimError
 
 
 def test_atomic_write_replaces_whole_file_with_the_usual_mode(tmp_path):
@@ -19,3 +20,144 @@ def test_failed_write_keeps_old_content_and_leaves_no_temp(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
+
+
+# --------------------------------------------------------------------------- output directories
+
+KIND = atomic.OutputKind("a test output", ("result.json",), ("result.json", "plot.png"))
+
+
+def _refused(path, overwrite):
+    """Enter atomic_dir, whose check must raise before the body runs."""
+    with atomic.atomic_dir(path, KIND, overwrite):
+        raise AssertionError("the body must not run")
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_atomic_dir_writes_a_new_directory_with_the_usual_mode(tmp_path):
+    with atomic.atomic_dir(tmp_path / "out", KIND) as new:
+        assert not (tmp_path / "out").exists()  # nothing appears until the end
+        new.mkdir()
+        (new / "result.json").write_text("{}")
+    assert _listing(tmp_path) == ["out", "out/result.json"]
+    assert oct((tmp_path / "out").stat().st_mode & 0o777) == oct(0o777 & ~atomic._umask())
+
+
+def test_atomic_dir_refuses_a_users_directory_even_with_overwrite(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(ParamsimError, match="is not a test output"):
+            _refused(mine, overwrite)
+    assert _listing(tmp_path) == ["mine", "mine/notes.txt"]
+
+
+def test_a_users_file_inside_an_output_of_ours_makes_it_not_ours(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.json").write_text("{}")
+    (out / "thesis.tex").write_text("keep me")
+    with pytest.raises(ParamsimError, match="thesis.tex"):
+        _refused(out, overwrite=True)
+    assert (out / "thesis.tex").read_text() == "keep me"
+
+
+def test_an_output_of_ours_needs_overwrite_and_is_then_swapped_in(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.json").write_text("old")
+    (out / "plot.png").write_text("old plot")
+    with pytest.raises(ParamsimError, match="--overwrite"):
+        _refused(out, overwrite=False)
+    assert (out / "result.json").read_text() == "old"
+    with atomic.atomic_dir(out, KIND, overwrite=True) as new:
+        new.mkdir()
+        (new / "result.json").write_text("new")
+        assert (out / "result.json").read_text() == "old"  # untouched while writing
+    assert _listing(tmp_path) == ["out", "out/result.json"]  # the old plot went with the old
+    assert (out / "result.json").read_text() == "new"
+
+
+def test_a_failed_run_keeps_the_earlier_output_and_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.json").write_text("old")
+    with pytest.raises(RuntimeError), atomic.atomic_dir(out, KIND, overwrite=True) as new:
+        new.mkdir()
+        (new / "result.json").write_text("half")
+        raise RuntimeError("killed")
+    assert _listing(tmp_path) == ["out", "out/result.json"]
+    assert (out / "result.json").read_text() == "old"
+
+
+@pytest.mark.parametrize("what", ["file", "link", "empty"])
+def test_files_links_and_empty_directories(tmp_path, what):
+    target = tmp_path / "out"
+    if what == "file":
+        target.write_text("user data")
+    elif what == "link":
+        (tmp_path / "real").mkdir()
+        target.symlink_to(tmp_path / "real")
+    else:
+        target.mkdir()
+    if what == "empty":  # nothing to lose: used
+        with atomic.atomic_dir(target, KIND) as new:
+            new.mkdir()
+            (new / "result.json").write_text("{}")
+        assert _listing(tmp_path) == ["out", "out/result.json"]
+        return
+    with pytest.raises(ParamsimError, match="is a file" if what == "file" else "symbolic link"):
+        _refused(target, overwrite=True)
+    assert target.is_symlink() if what == "link" else target.read_text() == "user data"
+
+
+def test_nested_outputs_are_recognised_per_subdirectory(tmp_path):
+    kind = atomic.OutputKind("maps", ("result.json",), ("result.json",), nested=True)
+    out = tmp_path / "out"
+    (out / "chain").mkdir(parents=True)
+    (out / "chain" / "result.json").write_text("{}")
+    assert atomic.check_output_dir(out, kind, overwrite=True) == "ours"
+    (out / "photos").mkdir()
+    with pytest.raises(ParamsimError, match="photos"):
+        atomic.check_output_dir(out, kind, overwrite=True)
+
+
+def test_replace_in_place_resumes_replaces_and_restores(tmp_path):
+    out = tmp_path / "report"
+    with atomic.replace_in_place(out, KIND, overwrite=False) as path:
+        path.mkdir()
+        (path / "result.json").write_text("first")
+    with atomic.replace_in_place(out, KIND, overwrite=False) as path:  # continued in place
+        assert (path / "result.json").read_text() == "first"
+    with pytest.raises(RuntimeError), atomic.replace_in_place(out, KIND, overwrite=True) as path:
+        assert not path.exists()  # the earlier one was moved aside
+        path.mkdir()
+        (path / "result.json").write_text("half")
+        raise RuntimeError("killed")
+    assert (out / "result.json").read_text() == "first"  # restored
+    with atomic.replace_in_place(out, KIND, overwrite=True) as path:
+        path.mkdir()
+        (path / "result.json").write_text("second")
+    assert _listing(tmp_path) == ["report", "report/result.json"]
+    assert (out / "result.json").read_text() == "second"
+
+
+def test_check_output_file(tmp_path):
+    magic = b"\x93NUMPY"
+    atomic.check_output_file(tmp_path / "new.npy", "an array", magic, overwrite=False)
+    (tmp_path / "old.npy").write_bytes(magic + b"rest")
+    with pytest.raises(ParamsimError, match="--overwrite"):
+        atomic.check_output_file(tmp_path / "old.npy", "an array", magic, overwrite=False)
+    atomic.check_output_file(tmp_path / "old.npy", "an array", magic, overwrite=True)
+    (tmp_path / "notes.txt").write_text("user data")
+    with pytest.raises(ParamsimError, match="is not an array"):
+        atomic.check_output_file(tmp_path / "notes.txt", "an array", magic, overwrite=True)
+    with pytest.raises(ParamsimError, match="is a directory"):
+        atomic.check_output_file(tmp_path, "an array", magic, overwrite=True)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ParamsimError, match="not a regular file"):
+        atomic.check_output_file(tmp_path / "fifo", "an array", magic, overwrite=True)

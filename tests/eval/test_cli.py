@@ -81,5 +81,5 @@ def test_extra_zoo_trains_lps_and_is_forgotten_afterwards(tiny_zoo, tmp_path):
     args = ["eval", str(tiny_zoo), "--methods", "lps", "--splits", "1", "--out", str(out)]
     assert main([*args, "--extra-zoo", str(extra), "--quiet", "--seen-fraction", "0"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["extra_zoo"] == str(extra) and "lps" in results["methods"]
+    assert results["extra_zoo"] == [str(extra)] and "lps" in results["methods"]
     assert resolve_method("lps").extra_zoo is None

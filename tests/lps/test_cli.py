@@ -44,4 +44,4 @@ def test_clear_errors(tiny_zoo, tmp_path, capsys):
     assert main(["embed", str(tmp_path / "nope"), "--model", str(tmp_path), "--out", "x.npy"]) == 2
     assert "error:" in capsys.readouterr().err
     assert main(["fit", str(tiny_zoo), "--out", str(tmp_path / "m"), "--variant", "nope"]) == 2
-    assert "unknown variant" in capsys.readouterr().err
+    assert "unknown LPS method" in capsys.readouterr().err

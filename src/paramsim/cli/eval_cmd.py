@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from paramsim.atomic import atomic_dir
+from paramsim.atomic import atomic_dir, check_output_dir
 from paramsim.cli.common import (
     EVAL_OUTPUT,
     compute_options,
@@ -99,6 +99,7 @@ def eval_command(
     from paramsim.eval.report import format_table, write_report
     from paramsim.use.models import open_zoo as open_model_zoo
 
+    check_output_dir(out_dir, EVAL_OUTPUT, overwrite)  # first: the cheapest refusal
     names = parse_method_names(methods)
     store = open_zoo(zoo)
     extras = [str(open_model_zoo(e).path) for e in extra_zoo]

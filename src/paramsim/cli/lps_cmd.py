@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from paramsim.atomic import atomic_dir, atomic_path, check_output_file
+from paramsim.atomic import atomic_dir, atomic_path, check_output_dir, check_output_file
 from paramsim.cli.common import (
     FIT_OUTPUT,
     INDEX_OUTPUT,
@@ -71,6 +71,7 @@ def register(cli: click.Group) -> None:
 
         if method is not None and variant is not None:
             raise ParamsimError("give --method once (--variant is its old spelling)")
+        check_output_dir(out, FIT_OUTPUT, overwrite)  # first: the cheapest refusal
         method = method or variant or "lps"
         if method not in VARIANTS:
             raise ParamsimError(
@@ -168,6 +169,7 @@ def register(cli: click.Group) -> None:
         from paramsim.index import EmbeddingIndex
         from paramsim.use.models import open_zoo, resolve_models
 
+        check_output_dir(out, INDEX_OUTPUT, overwrite)  # first: the cheapest refusal
         set_threads(threads)
         set_seed(seed)
         open_zoo(zoo)  # a zoo directory, not a checkpoint file

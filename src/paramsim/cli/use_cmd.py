@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from paramsim.atomic import atomic_dir, atomic_write, replace_in_place
+from paramsim.atomic import atomic_dir, atomic_write, check_output_dir, replace_in_place
 from paramsim.cli.common import (
     RELATE_OUTPUT,
     REPORT_MARKER,
@@ -95,6 +95,7 @@ def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, q
     """
     from paramsim.use.relate import relate, summary_lines, write_relation
 
+    check_output_dir(out_dir, RELATE_OUTPUT, overwrite)  # first: the cheapest refusal
     set_threads(threads)
     set_seed(seed)
     store = _open(zoo)
@@ -193,6 +194,7 @@ def transfer_command(
         write_transfer,
     )
 
+    check_output_dir(out_dir, TRANSFER_OUTPUT, overwrite)  # first: the cheapest refusal
     set_threads(threads)
     set_seed(seed)
     store = _open(zoo)
@@ -263,6 +265,7 @@ def reproduce_command(out_dir, overwrite, zoo_dir, quick, splits, seed, threads,
 
     from paramsim.use.reproduce import ReproduceConfig, reproduce
 
+    check_output_dir(out_dir, REPORT_OUTPUT, overwrite, resume=True)  # the cheapest refusal
     set_threads(threads)
     set_seed(seed)
     cfg = ReproduceConfig.quick() if quick else ReproduceConfig()

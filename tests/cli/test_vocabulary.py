@@ -1,0 +1,107 @@
+"""One option vocabulary across commands, contradictory flags refused, whole-zoo search."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from cli_helpers import assert_one_error, run_cli
+
+from paramsim.cli import cli
+
+COMPUTING = ["compare", "embed", "index build", "search", "eval", "fit", "relate", "transfer"]
+LISTS = ["compare", "eval", "relate", "transfer"]  # commands that run several methods
+
+
+def _command(path: str) -> click.Command:
+    cmd: click.Command = cli
+    for part in path.split():
+        cmd = cmd.commands[part]  # type: ignore[attr-defined]
+    return cmd
+
+
+def _options(path: str) -> dict[str, click.Option]:
+    return {
+        name: p for p in _command(path).params if isinstance(p, click.Option) for name in p.opts
+    }
+
+
+@pytest.mark.parametrize("path", [*COMPUTING, "reproduce"])
+def test_every_computing_command_takes_seed_threads_quiet(path):
+    opts = _options(path)
+    assert {"--seed", "--threads", "--quiet"} <= set(opts)
+    assert opts["--seed"].type.min == 0 and opts["--threads"].type.min == 1
+
+
+@pytest.mark.parametrize("path", LISTS)
+def test_method_lists_are_spelt_methods(path):
+    opts = _options(path)
+    assert not opts["--methods"].hidden and opts["-m"] is opts["--methods"]
+    if path != "eval":  # the old spelling still works, unlisted
+        assert opts["--method"].hidden
+
+
+@pytest.mark.parametrize("path", ["eval", "fit"])
+def test_extra_zoo_is_repeatable(path):
+    assert _options(path)["--extra-zoo"].multiple
+
+
+@pytest.mark.parametrize("path", ["fit", "index build", "eval", "relate", "transfer", "embed"])
+def test_every_writer_takes_overwrite(path):
+    assert _options(path)["--overwrite"].is_flag
+
+
+def test_no_library_code_left_in_the_cli():
+    import paramsim.cli.compare_cmd as compare_cmd
+    import paramsim.cli.lps_cmd as lps_cmd
+    from paramsim.use import compare, models
+
+    for name in ("resolve_models", "nearest_tasks", "compare_with_model"):
+        assert not hasattr(lps_cmd, name)
+    assert not hasattr(compare_cmd, "compare")
+    assert callable(models.resolve_models) and callable(compare.compare_with_model)
+
+
+def test_eval_passes_every_extra_zoo_to_lps(tiny_zoo, monkeypatch):
+    from paramsim.cli import eval_cmd
+    from paramsim.lps import method as lps_method
+
+    made = eval_cmd._lps_with_extra_zoo(["a", "b"])["lps"]()
+    loaded: list[str] = []
+
+    def fake_training_set(path):
+        loaded.append(path)
+        return (), ()
+
+    monkeypatch.setattr(lps_method, "_zoo_training_set", fake_training_set)
+    monkeypatch.setattr(lps_method.LPS, "fit", lambda self, *a, **k: self)
+    from paramsim.zoo import Zoo
+
+    zoo = Zoo.open(tiny_zoo)
+    made.fit(zoo.networks()[:1], [zoo.records[0].task])
+    assert loaded == ["a", "b"]
+
+
+def test_compare_several_methods_prints_a_line_each(tiny_zoo, tmp_path, capsys):
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for mid, p in zip((0, 3), paths, strict=True):
+        assert run_cli(capsys, ["zoo", "export", tiny_zoo, mid, "--out", p])[0] == 0
+    code, out, err = run_cli(capsys, ["compare", *paths, "--methods", "gram1,flat"])
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines()]
+    assert [r[0] for r in rows] == ["gram1", "flat"]
+    code, single, _ = run_cli(capsys, ["compare", *paths, "-m", "flat"])
+    assert code == 0 and float(single) == pytest.approx(float(rows[1][1]), abs=1e-6)
+    code, _, err = run_cli(capsys, ["compare", *paths, "--model", tmp_path, "--method", "flat"])
+    assert_one_error(code, err, "--model", "--methods")
+
+
+def test_search_of_a_whole_zoo_answers_for_every_model(tiny_zoo, index_dir, capsys):
+    code, out, err = run_cli(capsys, ["search", tiny_zoo, "--index", index_dir, "-k", "2"])
+    assert code == 0, err
+    blocks = out.strip().split("\n\n")
+    assert len(blocks) == 9  # one per model of the zoo
+    for mid, block in enumerate(blocks):
+        lines = block.splitlines()
+        assert lines[0].startswith(f"query {tiny_zoo}:{mid} (task ")
+        assert len(lines) == 4
+        assert lines[2].split()[1] == str(mid)  # each model finds itself first
