@@ -161,3 +161,13 @@ def test_check_output_file(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(ParamsimError, match="not a regular file"):
         atomic.check_output_file(tmp_path / "fifo", "an array", magic, overwrite=True)
+
+
+def test_the_working_directory_is_never_an_output(tmp_path, monkeypatch):
+    work = tmp_path / "empty"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for path in (".", str(work), ".."):
+        with pytest.raises(ParamsimError, match="working directory"):
+            atomic.check_output_dir(path, KIND, overwrite=True)
+    assert work.is_dir()

@@ -103,6 +103,9 @@ def check_output_dir(
         return "absent"
     if not p.is_dir():
         raise ParamsimError(f"--out {p} is a file, not a directory; choose another --out")
+    here = Path.cwd().resolve()
+    if p.resolve() == here or p.resolve() in here.parents:
+        raise ParamsimError(f"--out {p} holds the working directory; choose a new directory")
     try:
         entries = sorted(e.name for e in p.iterdir())
         ours = kind.holds(p)
