@@ -128,9 +128,9 @@ def bench_search(n: int, dim: int, n_queries: int) -> None:
 
 def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> None:
     """Held-out retrieval for LPS variants (with the extra zoo) and fixed methods alike."""
-    from paramsim.eval.protocol import evaluate, make_splits, resolve_method
+    from paramsim.eval.protocol import evaluate, make_splits
     from paramsim.features.base import Context
-    from paramsim.lps import VARIANTS, LPSMethod
+    from paramsim.methods import entry, make_method
     from paramsim.zoo import Zoo
 
     z = Zoo.open(zoo_dir)
@@ -139,11 +139,9 @@ def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> Non
     splits = make_splits(tids, n_splits=n_splits, seed=0, seen_fraction=0.0)
     named = {}
     for name in methods.split(","):
-        if name in VARIANTS:
-            named[name] = LPSMethod(name, extra_zoo=extra)
-        else:
-            named[name] = resolve_method(name)
-    res = evaluate(nets, tasks, named, splits, Context(dataset=z.dataset()), on_error="raise")
+        lps = entry(name).family == "lps"
+        named[name] = make_method(name, **({"extra_zoo": extra} if lps else {}))
+    res = evaluate(nets, tasks, named, splits, Context(dataset=z.dataset()), strict=True)
     for name, e in res["methods"].items():
         cells = "  ".join(
             f"{k} {e[k]['mean']:.3f} ± {e[k]['std']:.3f}"

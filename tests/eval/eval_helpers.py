@@ -79,6 +79,31 @@ class RecordingLearned(FlatMethod):
         return super().embed(networks, context)
 
 
+class BrokenFit(RecordingLearned):
+    """A learned method with a bug in its fit."""
+
+    name = "broken-test"
+
+    def fit(self, networks, tasks, context, val=None):
+        return 1 / 0
+
+
+class NeedsPackage(FlatMethod):
+    """A method whose fit imports a module that is not installed."""
+
+    name = "needs-test"
+    learned = True
+
+    def __init__(self, module: str = "nosuchpkg_xyz") -> None:
+        self.module = module
+
+    def fit(self, networks, tasks, context):
+        import importlib
+
+        importlib.import_module(self.module)
+        return self
+
+
 class NeedsCNN(Method):
     name = "cnn-only"
 

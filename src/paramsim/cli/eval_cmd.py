@@ -60,7 +60,8 @@ from paramsim.errors import ParamsimError
 @click.option(
     "--strict",
     is_flag=True,
-    help="Stop on the first method that fails instead of recording it as skipped.",
+    help="Stop when a method cannot run here (a missing optional package, models it does "
+    "not handle) instead of recording it as skipped. Errors inside a method always stop.",
 )
 @click.option(
     "--fixed-per-split",
@@ -93,13 +94,9 @@ def eval_command(
     quiet: bool,
 ) -> None:
     """Evaluate similarity methods on the models of ZOO (a directory from `paramsim zoo build`)."""
-    from paramsim.eval.protocol import (
-        evaluate_zoo,
-        method_overrides,
-        open_zoo,
-        parse_method_names,
-    )
+    from paramsim.eval.protocol import evaluate_zoo, open_zoo
     from paramsim.eval.report import format_table, write_report
+    from paramsim.methods import entry, make_methods, parse_method_names
 
     if n_splits < 1:
         raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
@@ -109,7 +106,13 @@ def eval_command(
         raise ParamsimError(f"--out {out_dir} is a file; give a directory for the report")
     names = parse_method_names(methods)
     store = open_zoo(zoo)
-    overrides = _lps_with_extra_zoo(open_zoo(extra_zoo).path) if extra_zoo else {}
+    options = {}
+    if extra_zoo:
+        extra = str(open_zoo(extra_zoo).path)
+        options = {n: {"extra_zoo": extra} for n in names if entry(n).family == "lps"}
+    made, unavailable = make_methods(names, options)
+    if unavailable and strict:
+        raise ParamsimError(next(iter(unavailable.values())))
     set_threads(threads)
 
     bar = None
@@ -125,21 +128,22 @@ def eval_command(
 
     started = time.perf_counter()
     try:
-        with method_overrides(overrides):
-            results = evaluate_zoo(
-                store,
-                names,
-                n_splits=n_splits,
-                seed=seed,
-                progress=progress,
-                split_options={
-                    "test_fraction": test_fraction,
-                    "n_queries": n_queries,
-                    "seen_fraction": seen_fraction,
-                },
-                on_error="raise" if strict else "skip",
-                fixed_mode="heldout" if fixed_per_split else "all",
-            )
+        results = evaluate_zoo(
+            store,
+            made,
+            n_splits=n_splits,
+            seed=seed,
+            skipped=unavailable,
+            order=names,
+            progress=progress,
+            split_options={
+                "test_fraction": test_fraction,
+                "n_queries": n_queries,
+                "seen_fraction": seen_fraction,
+            },
+            strict=strict,
+            fixed_mode="heldout" if fixed_per_split else "all",
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -154,13 +158,6 @@ def eval_command(
         f"{len(names)} methods x {n_splits} splits in {results['wall_seconds']:.1f} s; "
         f"wrote {', '.join(sorted(written))} to {out_dir}"
     )
-
-
-def _lps_with_extra_zoo(extra: Path) -> dict:
-    """Every LPS variant, its fits also training on `extra`."""
-    from paramsim.lps import LPS_METHODS, LPSMethod
-
-    return {v: (lambda v=v: LPSMethod(v, extra_zoo=str(extra))) for v in LPS_METHODS}
 
 
 def register(cli: click.Group) -> None:

@@ -27,7 +27,7 @@ method_option = click.option(
 
 
 def _names(text: str | None) -> list[str]:
-    from paramsim.eval.protocol import parse_method_names
+    from paramsim.methods import parse_method_names
 
     return parse_method_names(text) if text else []
 

@@ -14,13 +14,8 @@ from paramsim.eval.protocol import (
     evaluate,
     evaluate_zoo,
     index_tasks,
-    known_method_names,
     make_splits,
     open_zoo,
-    parse_method_names,
-    register_method,
-    resolve_method,
-    unregister_method,
 )
 from paramsim.eval.report import format_table, write_report
 
@@ -33,16 +28,11 @@ __all__ = [
     "evaluate_zoo",
     "format_table",
     "index_tasks",
-    "known_method_names",
     "make_splits",
     "open_zoo",
-    "parse_method_names",
-    "register_method",
     "relation_spearman",
-    "resolve_method",
     "retrieval",
     "task_similarity",
-    "unregister_method",
     "verification_auc",
     "write_report",
 ]

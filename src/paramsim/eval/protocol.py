@@ -15,12 +15,10 @@ tasks the metric has not seen. Per split:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import inspect
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,9 @@ import numpy as np
 from paramsim.data import Task, relation_matrix
 from paramsim.errors import ParamsimError
 from paramsim.eval import metrics
-from paramsim.features import FIXED_METHODS, get_method
-from paramsim.features.base import Context, Method, cosine_matrix
+from paramsim.features.adapter import accepts_val
+from paramsim.features.base import Context, Method
+from paramsim.methods import missing_dependency
 from paramsim.weights import Network
 
 SCORES = ("map", "rank1", "rank5", "rank10", "auc", "relation_spearman", "classification")
@@ -225,14 +224,6 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
 ProgressFn = Callable[[str, int], None]
 
 
-def _accepts_val(fit: Callable) -> bool:
-    """Whether a fit function names a `val` parameter (validation tasks for early stopping)."""
-    try:
-        return "val" in inspect.signature(fit).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _similarity(method: Method, nets: Sequence[Network], context: Context) -> np.ndarray:
     S = np.asarray(method.similarity(nets, context), dtype=np.float64)
     if S.shape != (len(nets), len(nets)):
@@ -249,7 +240,7 @@ def evaluate(
     *,
     zoo_name: str = "",
     fixed_mode: str = "all",
-    on_error: str = "skip",
+    strict: bool = False,
     classification_rule: str = "mean",
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -264,12 +255,12 @@ def evaluate(
     and indexed per split, which assumes a pair's similarity does not depend on the other
     models in the set; `fixed_mode="heldout"` recomputes it per split on the needed models.
 
-    `on_error="skip"` records a method that raises as skipped with the error; "raise" re-raises.
+    A method that cannot run here is recorded under "skipped" with the reason: its `check`
+    returned one, or it needs a third-party package that is not installed. With `strict`
+    those raise too. Every other error inside a method propagates: a bug is never a skip.
     """
     if fixed_mode not in ("all", "heldout"):
         raise ValueError(f"fixed_mode must be 'all' or 'heldout', not {fixed_mode!r}")
-    if on_error not in ("skip", "raise"):
-        raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     if len(networks) != len(model_tasks):
         raise ParamsimError(
             f"{len(networks)} networks but {len(model_tasks)} task labels; give one per model"
@@ -312,39 +303,38 @@ def evaluate(
         "skipped": {},
     }
     for name, method in named.items():
-        try:
-            reason = method.check(networks)
-        except Exception as exc:  # a check that crashes is a reason too
-            if on_error == "raise":
-                raise
-            reason = f"check failed: {type(exc).__name__}: {exc}"
-        if reason:
-            results["skipped"][name] = str(reason)
-            if progress:
-                for sp in splits:
-                    progress(name, sp.index)
+        reason = method.check(networks)
+        if reason and strict:
+            raise ParamsimError(f"method {name} cannot run on these models: {reason}")
+        entry = None
+        if not reason:
+            try:
+                entry = _evaluate_method(
+                    name,
+                    method,
+                    networks,
+                    model_tasks,
+                    labels,
+                    relation,
+                    tasks,
+                    splits,
+                    context,
+                    fixed_mode,
+                    classification_rule,
+                    progress,
+                )
+            except ModuleNotFoundError as exc:
+                package = missing_dependency(exc)
+                if package is None or strict:
+                    raise
+                reason = f"needs the package {package!r}, which is not installed"
+        if entry is not None:
+            results["methods"][name] = entry
             continue
-        try:
-            entry = _evaluate_method(
-                name,
-                method,
-                networks,
-                model_tasks,
-                labels,
-                relation,
-                tasks,
-                splits,
-                context,
-                fixed_mode,
-                classification_rule,
-                progress,
-            )
-        except Exception as exc:
-            if on_error == "raise":
-                raise
-            results["skipped"][name] = f"failed: {type(exc).__name__}: {exc}"
-            continue
-        results["methods"][name] = entry
+        results["skipped"][name] = str(reason)
+        if progress:
+            for sp in splits:
+                progress(name, sp.index)
     results["total_seconds"] = time.perf_counter() - started
     return results
 
@@ -376,7 +366,7 @@ def _evaluate_method(
             t0 = time.perf_counter()
             train = list(sp.train_ids)
             val = list(sp.val_ids)
-            if _accepts_val(fitted.fit):
+            if accepts_val(fitted.fit):
                 fitted.fit(
                     [networks[i] for i in train],
                     [model_tasks[i] for i in train],
@@ -442,162 +432,6 @@ def _evaluate_method(
     return entry
 
 
-# --------------------------------------------------------------------------- method names
-
-MethodFactory = Callable[[], Method]
-_FACTORIES: dict[str, MethodFactory] = {}
-
-
-def register_method(name: str, factory: MethodFactory) -> None:
-    """Make `name` resolvable by `resolve_method` (and the CLI); later registrations win."""
-    _FACTORIES[name] = factory
-
-
-def unregister_method(name: str) -> None:
-    _FACTORIES.pop(name, None)
-
-
-@contextlib.contextmanager
-def method_overrides(factories: Mapping[str, MethodFactory]) -> Iterator[None]:
-    """Register `factories` for the duration of a block, then restore the previous ones."""
-    _load_plugins()
-    saved = dict(_FACTORIES)
-    _FACTORIES.update(factories)
-    try:
-        yield
-    finally:
-        _FACTORIES.clear()
-        _FACTORIES.update(saved)
-
-
-_PLUGINS = ("paramsim.lps",)  # packages that register their methods on import
-
-
-def _load_plugins() -> None:
-    """Import optional method packages so that their `register_method` calls run."""
-    import importlib
-
-    for mod in _PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except Exception:  # an unavailable plugin is reported when its name is resolved
-            continue
-
-
-def known_method_names() -> list[str]:
-    _load_plugins()
-    names = list(_FACTORIES)
-    names += [n for n in FIXED_METHODS if n not in names]
-    if "lps" not in names:
-        names.append("lps")
-    return names
-
-
-def _call_with_optional(fn: Callable, *args: Any, **optional: Any) -> Any:
-    """Call `fn(*args)` passing only the optional keywords its signature accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kw = {k: v for k, v in optional.items() if var_kw or k in params}
-    return fn(*args, **kw)
-
-
-class MethodAdapter(Method):
-    """Wrap an object with fit/embed (or similarity) that is not a `Method` subclass.
-
-    `embed` and `similarity` may or may not take a context; `fit` may or may not take one
-    or a `val` argument. The wrapped object is deep-copied with the adapter, so every split
-    still fits a fresh copy.
-    """
-
-    def __init__(self, obj: Any, name: str, learned: bool | None = None) -> None:
-        self.obj = obj
-        self.name = name
-        self.learned = bool(
-            getattr(obj, "learned", hasattr(obj, "fit")) if learned is None else learned
-        )
-        self.weights_only = bool(getattr(obj, "weights_only", True))
-
-    def check(self, networks: Sequence[Network]) -> str | None:
-        fn = getattr(self.obj, "check", None)
-        return fn(networks) if callable(fn) else None
-
-    def fit(self, networks, tasks, context, val=None) -> MethodAdapter:
-        if val is not None and not _accepts_val(self.obj.fit):
-            # as in evaluate(): without a validation parameter, validation tasks train too
-            networks, tasks = [*networks, *val[0]], [*tasks, *val[1]]
-            val = None
-        fitted = _call_with_optional(self.obj.fit, networks, tasks, context=context, val=val)
-        if fitted is not None:
-            self.obj = fitted
-        return self
-
-    def embed(self, networks: Sequence[Network], context: Context) -> np.ndarray:
-        return np.asarray(_call_with_optional(self.obj.embed, networks, context=context))
-
-    def similarity(self, networks: Sequence[Network], context: Context) -> np.ndarray:
-        fn = getattr(self.obj, "similarity", None)
-        if callable(fn):
-            return np.asarray(_call_with_optional(fn, networks, context=context))
-        return cosine_matrix(self.embed(networks, context))
-
-
-def as_method(obj: Any, name: str) -> Method:
-    """`obj` itself when it is a Method, else a `MethodAdapter` around it."""
-    return obj if isinstance(obj, Method) else MethodAdapter(obj, name)
-
-
-def _lps_unavailable() -> str:
-    """Why "lps" is not registered: paramsim.lps registers it on import (see _PLUGINS)."""
-    try:
-        import paramsim.lps  # noqa: F401
-    except Exception as exc:
-        return f"paramsim.lps is not available ({type(exc).__name__}: {exc})"
-    return "paramsim.lps registered no method named 'lps'"
-
-
-def resolve_method(name: str) -> Method | str:
-    """A method instance for `name`, or a string saying why it cannot run here.
-
-    Unknown names raise ParamsimError. Order: registered factories (paramsim.lps registers
-    "lps" when imported), then the fixed methods of `paramsim.features`.
-    """
-    if name not in _FACTORIES:
-        _load_plugins()
-    if name in _FACTORIES:
-        got = _FACTORIES[name]()
-        return got if isinstance(got, str) else as_method(got, name)
-    if name == "lps":
-        return _lps_unavailable()
-    if name not in FIXED_METHODS:
-        raise ParamsimError(
-            f"unknown method {name!r}; choose from {', '.join(known_method_names())}"
-        )
-    return get_method(name)
-
-
-def parse_method_names(text: str | Sequence[str] | None) -> list[str]:
-    """Comma list -> names; None -> all fixed methods. Rejects unknown and repeated names."""
-    if text is None:
-        return list(FIXED_METHODS)
-    raw = text.split(",") if isinstance(text, str) else list(text)
-    names = [n.strip() for n in raw if n.strip()]
-    if not names:
-        raise ParamsimError("--methods is empty; give a comma list such as flat,gram1,chain")
-    known = known_method_names()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ParamsimError(
-            f"unknown method {', '.join(map(repr, unknown))}; choose from {', '.join(known)}"
-        )
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ParamsimError(f"method {', '.join(dup)} named twice in --methods")
-    return names
-
-
 # --------------------------------------------------------------------------- zoo
 
 
@@ -615,21 +449,26 @@ def open_zoo(path: str | Path):
 
 def evaluate_zoo(
     zoo: Any,
-    method_names: str | Sequence[str] | None = None,
+    methods: Mapping[str, Method] | Sequence[Method],
     n_splits: int = 5,
     seed: int = 0,
     *,
+    skipped: Mapping[str, str] | None = None,
+    order: Sequence[str] | None = None,
     progress: ProgressFn | None = None,
     split_options: Mapping[str, Any] | None = None,
     **evaluate_options: Any,
 ) -> dict[str, Any]:
-    """`evaluate` on a zoo (object or directory) with methods given by name.
+    """`evaluate` on a zoo (object or directory) with the given methods.
 
-    Names that resolve to a reason (e.g. lps not installed) appear under "skipped".
+    `skipped` names methods the caller could not make (e.g. a missing optional package) and
+    why; they join the report's skipped rows. `order` is the row order of the report
+    (default: the methods, then the skipped ones).
     """
-    names = parse_method_names(method_names)
     if n_splits < 1:
         raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
+    named = dict(methods) if isinstance(methods, Mapping) else {m.name: m for m in methods}
+    skipped = dict(skipped or {})
     if isinstance(zoo, (str, Path)):
         zoo_name = Path(zoo).name
         zoo = open_zoo(zoo)
@@ -640,15 +479,7 @@ def evaluate_zoo(
     model_tasks = [zoo.tasks[int(t)] for t in task_ids]
     splits = make_splits(task_ids, n_splits=n_splits, seed=seed, **dict(split_options or {}))
 
-    methods: dict[str, Method] = {}
-    skipped: dict[str, str] = {}
-    for name in names:
-        got = resolve_method(name)
-        if isinstance(got, str):
-            skipped[name] = got
-        else:
-            methods[name] = got
-    needs_data = any(not getattr(m, "weights_only", True) for m in methods.values())
+    needs_data = any(not getattr(m, "weights_only", True) for m in named.values())
     context = Context(dataset=zoo.dataset() if needs_data else None, seed=seed)
     t0 = time.perf_counter()
     networks = zoo.networks()
@@ -660,7 +491,7 @@ def evaluate_zoo(
     results = evaluate(
         networks,
         model_tasks,
-        methods,
+        named,
         splits,
         context,
         zoo_name=zoo_name,
@@ -669,8 +500,9 @@ def evaluate_zoo(
     )
     results["skipped"] = {**skipped, **results["skipped"]}
     results["load_seconds"] = load_seconds
-    order = {n: i for i, n in enumerate(names)}
+    rows = list(order) if order is not None else [*named, *skipped]
+    rank = {n: i for i, n in enumerate(rows)}
     results["method_order"] = sorted(
-        list(results["methods"]) + list(results["skipped"]), key=lambda n: order.get(n, 1e9)
+        list(results["methods"]) + list(results["skipped"]), key=lambda n: rank.get(n, 1e9)
     )
     return results

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -145,19 +145,3 @@ class LPSMethod(Method):
         new.model = copy.deepcopy(self.model, memo)
         new.config_overrides = dict(self.config_overrides)
         return new
-
-
-def _factory(variant: str) -> Callable[[], Method]:
-    def make() -> Method:
-        return LPSMethod(variant)
-
-    make.__name__ = f"make_{variant.replace('-', '_')}"
-    return make
-
-
-LPS_METHODS: dict[str, Callable[[], Method]] = {v: _factory(v) for v in VARIANTS}
-
-
-def get_method(name: str = "lps") -> Method:
-    """An unfitted LPS method by variant name (what `paramsim eval --methods` resolves)."""
-    return LPSMethod(name)

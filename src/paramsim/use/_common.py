@@ -46,25 +46,25 @@ def canonical_task(name: str) -> str:
 
 
 def load_similarity(method: str | None = None, model: str | Path | None = None) -> Similarity:
-    """A fixed method by name, an unfitted learned method by name, or a saved LPS model dir."""
-    from paramsim.eval.protocol import as_method, resolve_method
+    """A fixed method by name, an unfitted learned method by name, or a saved LPS model dir.
+
+    A method that needs a missing third-party package raises `MethodUnavailable`.
+    """
+    from paramsim.features.adapter import as_method
+    from paramsim.methods import make_method
 
     if (method is None) == (model is None):
         raise ParamsimError("give either --model DIR (a saved LPS model) or --method NAME")
     if model is not None:
-        try:
-            from paramsim.lps import LPS
-        except Exception as exc:
-            raise ParamsimError(f"paramsim.lps cannot be imported ({exc}); use --method") from exc
+        from paramsim.lps import LPS
+
         lps = LPS.load(model)
         names = [*lps.meta.get("train_tasks", []), *lps.meta.get("val_tasks", [])]
         seen = {canonical_task(str(n)) for n in names}
         wrapped = as_method(lps, "lps")
         wrapped.learned = False  # already fitted: never refit it
         return Similarity("lps", wrapped, True, frozenset(seen), f"saved model {model}")
-    got = resolve_method(method)
-    if isinstance(got, str):
-        raise ParamsimError(f"method {method} cannot run here: {got}")
+    got = make_method(method)
     learned = bool(getattr(got, "learned", False))
     return Similarity(method, got, learned, None, "fixed" if not learned else "unfitted")
 
