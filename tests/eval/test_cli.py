@@ -3,8 +3,8 @@ import json
 import pytest
 from eval_helpers import FakeZoo
 
+import paramsim.zoo
 from paramsim.cli import main
-from paramsim.eval import protocol
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_missing_zoo_exit_2(tmp_path, capsys):
 
 
 def test_eval_command_end_to_end(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(protocol, "open_zoo", lambda path: FakeZoo())
+    monkeypatch.setattr(paramsim.zoo, "open_zoo", lambda path: FakeZoo())
     out = tmp_path / "out"
     code = main(
         [
@@ -78,7 +78,7 @@ def test_extra_zoo_trains_lps(tiny_zoo, tmp_path):
 def test_error_inside_a_method_fit_is_not_a_skip(tmp_path, monkeypatch):
     from paramsim import methods
 
-    monkeypatch.setattr(protocol, "open_zoo", lambda path: FakeZoo())
+    monkeypatch.setattr(paramsim.zoo, "open_zoo", lambda path: FakeZoo())
     row = methods.MethodEntry("broken-test", "eval_helpers:BrokenFit", "learned", "a bug in fit")
     monkeypatch.setitem(methods.METHODS, "broken-test", row)
     args = ["eval", str(tmp_path / "z"), "--methods", "flat,broken-test", "--splits", "1"]

@@ -234,3 +234,11 @@ def test_adapter_without_val_trains_on_validation_tasks(setup):
     _, tasks = index_tasks(model_tasks)
     for sp, fit in zip(splits, DuckNoVal.fits, strict=True):
         assert fit == {tasks[t] for t in sp.train_tasks + sp.val_tasks}
+
+
+def test_a_task_with_its_sides_swapped_is_the_same_task():
+    from paramsim.data import Task
+
+    a, flipped, other = Task(((0,), (1,))), Task(((1,), (0,))), Task(((2,), (3,)))
+    labels, tasks = index_tasks([a, flipped, other, a])
+    assert labels.tolist() == [0, 0, 1, 0] and tasks == [a, other]

@@ -94,9 +94,10 @@ def eval_command(
     quiet: bool,
 ) -> None:
     """Evaluate similarity methods on the models of ZOO (a directory from `paramsim zoo build`)."""
-    from paramsim.eval.protocol import evaluate_zoo, open_zoo
+    from paramsim.eval.protocol import evaluate_zoo
     from paramsim.eval.report import format_table, write_report
     from paramsim.methods import entry, make_methods, parse_method_names
+    from paramsim.zoo import open_zoo
 
     if n_splits < 1:
         raise ParamsimError(f"--splits must be at least 1, got {n_splits}")

@@ -18,12 +18,9 @@ def _is_zoo(path: Path) -> bool:
 
 
 def _open_zoo(path: str | Path):
-    from paramsim.zoo import Zoo
+    from paramsim.zoo import open_zoo
 
-    p = Path(path)
-    if not _is_zoo(p):
-        raise ParamsimError(f"{p} is not a zoo directory; build one with `paramsim zoo build`")
-    return Zoo.open(p)
+    return open_zoo(path)
 
 
 def resolve_models(items: tuple[str, ...] | list[str]) -> tuple[list, list[int], list[str]]:
@@ -100,11 +97,12 @@ def register(cli: click.Group) -> None:
         """Train the LPS similarity network on the models of ZOO and save it to --out."""
         from tqdm import tqdm
 
-        from paramsim.lps import LPS, VARIANTS, FitConfig, LPSConfig
+        from paramsim.lps import LPS, LPSConfig, variant_configs
 
         set_threads(threads)
-        if variant not in VARIANTS:
-            raise ParamsimError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        cfg_kw, fit_config = variant_configs(
+            variant, seed=seed, val_fraction=val_fraction, epochs=epochs, loss=loss
+        )
         if not 0 <= val_fraction < 1:
             raise ParamsimError(f"--val-fraction must be in [0, 1), got {val_fraction}")
         z = _open_zoo(zoo)
@@ -116,13 +114,6 @@ def register(cli: click.Group) -> None:
             ez = _open_zoo(e)
             extra_n += ez.networks()
             extra_t += [r.task for r in ez.records]
-        cfg_kw, fit_kw = VARIANTS[variant]
-        fc = {**FitConfig().to_dict(), **fit_kw, "seed": seed, "val_fraction": val_fraction}
-        if epochs is not None:
-            fc["epochs"] = epochs
-        if loss is not None:
-            fc["loss"] = loss
-        fit_config = FitConfig.from_dict(fc)
         cfg = LPSConfig(
             input_shape=tuple(nets[0].input_shape), n_outputs=nets[0].n_outputs, **cfg_kw
         )

@@ -47,7 +47,7 @@ def _similarities(model_dir: Path | None, methods: str | None) -> dict:
 
 
 def _open(zoo: Path):
-    from paramsim.eval.protocol import open_zoo
+    from paramsim.zoo import open_zoo
 
     return open_zoo(zoo)
 

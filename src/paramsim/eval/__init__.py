@@ -15,7 +15,6 @@ from paramsim.eval.protocol import (
     evaluate_zoo,
     index_tasks,
     make_splits,
-    open_zoo,
 )
 from paramsim.eval.report import format_table, write_report
 
@@ -29,7 +28,6 @@ __all__ = [
     "format_table",
     "index_tasks",
     "make_splits",
-    "open_zoo",
     "relation_spearman",
     "retrieval",
     "task_similarity",

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from paramsim.data import Task, relation_matrix
+from paramsim.data import Task, relation_matrix, task_key
 from paramsim.errors import ParamsimError
 from paramsim.eval import metrics
 from paramsim.features.adapter import accepts_val
@@ -58,10 +58,21 @@ class Split:
 
 
 def index_tasks(model_tasks: Sequence[Task]) -> tuple[np.ndarray, list[Task]]:
-    """Integer task id per model (first-seen order) and the distinct tasks."""
-    ids: dict[Task, int] = {}
-    labels = np.array([ids.setdefault(t, len(ids)) for t in model_tasks], dtype=np.int64)
-    return labels, list(ids)
+    """Integer task id per model (first-seen order) and the distinct tasks.
+
+    Tasks are told apart by `task_key`, so "0 vs 1" and "1 vs 0" are one task: a split can
+    never train on one and hold out the other.
+    """
+    ids: dict[tuple, int] = {}
+    first: list[Task] = []
+    labels = np.empty(len(model_tasks), dtype=np.int64)
+    for i, t in enumerate(model_tasks):
+        key = task_key(t)
+        if key not in ids:
+            ids[key] = len(ids)
+            first.append(t)
+        labels[i] = ids[key]
+    return labels, first
 
 
 def _check_fraction(name: str, value: float, allow_zero: bool = False) -> None:
@@ -435,18 +446,6 @@ def _evaluate_method(
 # --------------------------------------------------------------------------- zoo
 
 
-def open_zoo(path: str | Path):
-    """Open a zoo directory, with a one-line error when it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ParamsimError(
-            f"zoo directory {path} does not exist; build one with `paramsim zoo build`"
-        )
-    from paramsim.zoo import Zoo
-
-    return Zoo.open(path)
-
-
 def evaluate_zoo(
     zoo: Any,
     methods: Mapping[str, Method] | Sequence[Method],
@@ -470,6 +469,8 @@ def evaluate_zoo(
     named = dict(methods) if isinstance(methods, Mapping) else {m.name: m for m in methods}
     skipped = dict(skipped or {})
     if isinstance(zoo, (str, Path)):
+        from paramsim.zoo import open_zoo
+
         zoo_name = Path(zoo).name
         zoo = open_zoo(zoo)
     else:

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from paramsim.data import Dataset, Task
+from paramsim.vectors import cosine_matrix
 from paramsim.weights import Network
+
+__all__ = ["Context", "Method", "cosine_matrix"]
 
 
 @dataclass
@@ -44,13 +47,3 @@ class Method:
     def similarity(self, networks: Sequence[Network], context: Context) -> np.ndarray:
         """(n, n) similarity, larger is more alike."""
         return cosine_matrix(self.embed(networks, context))
-
-
-def cosine_matrix(emb: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
-    a = _unit(np.asarray(emb, dtype=np.float64))
-    b = a if other is None else _unit(np.asarray(other, dtype=np.float64))
-    return a @ b.T
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -3,8 +3,8 @@ them to embeddings whose cosine says how alike their tasks are (Wang et al. 2019
 with a function-space branch of learned probe inputs)."""
 
 from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig
-from paramsim.lps.fit import LPS, filter_extra, relation_loss, retrieval_map, task_key
-from paramsim.lps.method import VARIANTS, LPSMethod
+from paramsim.lps.fit import LPS, filter_extra, relation_loss, retrieval_map
+from paramsim.lps.method import VARIANTS, LPSMethod, variant_configs
 from paramsim.lps.model import LPSNet
 
 __all__ = [
@@ -17,6 +17,6 @@ __all__ = [
     "FitConfig",
     "filter_extra",
     "relation_loss",
+    "variant_configs",
     "retrieval_map",
-    "task_key",
 ]

@@ -118,11 +118,11 @@ def _similarities(names: Sequence[str], cfg: ReproduceConfig, skipped: dict[str,
 
 
 def _zoo_stage(out: Path, zoo_dir: Path | None, cfg: ReproduceConfig, say: Say):
-    from paramsim.zoo import Zoo, build_zoo, load_recipe
+    from paramsim.zoo import build_zoo, load_recipe, open_zoo
 
     path = zoo_dir or out / "zoo"
     if (path / "registry.sqlite").is_file():
-        zoo = Zoo.open(path)
+        zoo = open_zoo(path)
         if zoo.summary()["complete"]:
             say(f"zoo: reusing {path} ({len(zoo)} models, {len(zoo.tasks)} tasks)")
             return zoo, 0.0
@@ -134,7 +134,7 @@ def _zoo_stage(out: Path, zoo_dir: Path | None, cfg: ReproduceConfig, say: Say):
     say(f"zoo: building {recipe.name} into {path} (resumes a killed build)")
     t0 = time.perf_counter()
     build_zoo(recipe, path, seed=cfg.zoo_seed, progress=True)
-    return Zoo.open(path), time.perf_counter() - t0
+    return open_zoo(path), time.perf_counter() - t0
 
 
 def _eval_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict:
