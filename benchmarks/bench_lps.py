@@ -128,7 +128,7 @@ def bench_search(n: int, dim: int, n_queries: int) -> None:
 
 def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> None:
     """Held-out retrieval for LPS variants (with the extra zoo) and fixed methods alike."""
-    from paramsim.eval.protocol import evaluate, make_splits
+    from paramsim.eval import evaluate, make_splits
     from paramsim.features.base import Context
     from paramsim.methods import entry, make_method
     from paramsim.zoo import open_zoo
@@ -152,7 +152,7 @@ def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> Non
 
 def crossarch(zoo_dir: str, n_splits: int, extra: str | None) -> None:
     """Held-out mAP when queries and gallery have different architectures."""
-    from paramsim.eval.protocol import make_splits
+    from paramsim.eval import make_splits
     from paramsim.lps import LPS
     from paramsim.ranking import mean_average_precision as mean_ap
     from paramsim.zoo import open_zoo

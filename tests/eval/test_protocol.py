@@ -11,8 +11,7 @@ from eval_helpers import (
 )
 
 from paramsim.errors import ParamsimError
-from paramsim.eval import protocol
-from paramsim.eval.protocol import evaluate, index_tasks, make_splits
+from paramsim.eval import evaluate, evaluate_zoo, index_tasks, make_splits
 from paramsim.features.adapter import as_method
 from paramsim.features.base import Context
 
@@ -177,7 +176,7 @@ def test_mismatched_inputs(setup):
 
 
 def test_evaluate_zoo_takes_method_objects_and_reports_skipped_names():
-    res = protocol.evaluate_zoo(
+    res = evaluate_zoo(
         FakeZoo(),
         [FlatMethod()],
         n_splits=2,

@@ -94,7 +94,7 @@ def eval_command(
     quiet: bool,
 ) -> None:
     """Evaluate similarity methods on the models of ZOO (a directory from `paramsim zoo build`)."""
-    from paramsim.eval.protocol import evaluate_zoo
+    from paramsim.eval.on_zoo import evaluate_zoo
     from paramsim.eval.report import format_table, write_report
     from paramsim.methods import entry, make_methods, parse_method_names
     from paramsim.zoo import open_zoo

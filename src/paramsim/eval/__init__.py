@@ -1,4 +1,6 @@
-"""Evaluation: task splits, metrics on similarity matrices, the protocol and its report."""
+"""Evaluation: task splits (`splits`), metrics on similarity matrices (`metrics`), scores of a
+split (`scoring`), the loop over methods and splits (`protocol`), the same on a zoo
+(`on_zoo`) and the report (`report`)."""
 
 from paramsim.eval.metrics import (
     RetrievalScores,
@@ -9,14 +11,10 @@ from paramsim.eval.metrics import (
     task_similarity,
     verification_auc,
 )
-from paramsim.eval.protocol import (
-    Split,
-    evaluate,
-    evaluate_zoo,
-    index_tasks,
-    make_splits,
-)
+from paramsim.eval.on_zoo import evaluate_zoo
+from paramsim.eval.protocol import evaluate
 from paramsim.eval.report import format_table, write_report
+from paramsim.eval.splits import Split, index_tasks, make_splits
 
 __all__ = [
     "RetrievalScores",
