@@ -86,6 +86,7 @@ def test_evaluate_scores_fixed_methods(setup):
     assert flat["classification"]["mean"] == 1.0
     assert noise["map"]["mean"] < 0.7
     assert len(flat["per_split"]) == 3 and flat["weights_only"] is True
+    assert flat["set_dependent"] is False
     assert flat["seconds"] >= 0 and flat["models_per_s"] > 0
     assert res["splits"] == 3 and res["seed"] == 0
     ex = flat["task_similarity"]

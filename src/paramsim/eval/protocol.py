@@ -52,8 +52,8 @@ def evaluate(
     held-out models. No held-out task ever reaches `fit`.
 
     Fixed methods: with `fixed_mode="all"` the similarity is computed once over all models
-    and indexed per split, which assumes a pair's similarity does not depend on the other
-    models in the set; `fixed_mode="heldout"` recomputes it per split on the needed models.
+    and indexed per split; for a set-dependent method (`Method.set_dependent`) that set is the
+    whole zoo. `fixed_mode="heldout"` recomputes it per split on the needed models.
 
     A method that cannot run here is recorded under "skipped" with the reason: its `check`
     returned one, or it needs a third-party package that is not installed. With `strict`
@@ -216,6 +216,7 @@ def _evaluate_method(
     entry: dict[str, Any] = {
         "weights_only": bool(getattr(method, "weights_only", True)),
         "learned": learned,
+        "set_dependent": bool(getattr(method, "set_dependent", False)),
     }
     for key in SCORES:
         entry[key] = mean_std([s[key] for s in per_split])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from paramsim.errors import ParamsimError
-from paramsim.features.base import Context, Method, cosine_matrix
+from paramsim.features.base import Context, Method, cosine_matrix, embed_jointly
 from paramsim.features.function import (
     CKAMethod,
     OutputsMethod,
@@ -45,6 +45,7 @@ __all__ = [
     "StatsMethod",
     "chain_maps",
     "cosine_matrix",
+    "embed_jointly",
     "get_method",
     "linear_cka",
     "synthetic_probes",

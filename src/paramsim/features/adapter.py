@@ -47,6 +47,7 @@ class MethodAdapter(Method):
             getattr(obj, "learned", hasattr(obj, "fit")) if learned is None else learned
         )
         self.weights_only = bool(getattr(obj, "weights_only", True))
+        self.set_dependent = bool(getattr(obj, "set_dependent", False))
 
     def check(self, networks: Sequence[Network]) -> str | None:
         fn = getattr(self.obj, "check", None)

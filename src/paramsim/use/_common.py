@@ -89,8 +89,10 @@ def embed_or_none(method: Method, nets: Sequence[Network], context: Context) -> 
 def cross_similarity(
     method: Method, queries: Sequence[Network], gallery: Sequence[Network], context: Context
 ) -> np.ndarray:
-    """(len(queries), len(gallery)) similarity; pairwise-only methods see the joint set."""
-    eq = embed_or_none(method, queries, context)
+    """(len(queries), len(gallery)) similarity. Pairwise-only and set-dependent methods see
+    the joint set (one `similarity` call), so a set-dependent method's queries and gallery
+    are normalised against the same models; others embed each side alone."""
+    eq = None if method.set_dependent else embed_or_none(method, queries, context)
     if eq is not None:
         eg = embed_or_none(method, gallery, context)
         if eg is not None:
