@@ -129,19 +129,19 @@ def bench_search(n: int, dim: int, n_queries: int) -> None:
 def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> None:
     """Held-out retrieval for LPS variants (with the extra zoo) and fixed methods alike."""
     from paramsim.eval import evaluate, make_splits
+    from paramsim.eval.on_zoo import extra_from_zoo
     from paramsim.features.base import Context
-    from paramsim.methods import entry, make_method
+    from paramsim.methods import make_method
     from paramsim.zoo import open_zoo
 
     z = open_zoo(zoo_dir)
     nets, tids = z.networks(), np.asarray(z.task_ids)
     tasks = [z.tasks[int(t)] for t in tids]
     splits = make_splits(tids, n_splits=n_splits, seed=0, seen_fraction=0.0)
-    named = {}
-    for name in methods.split(","):
-        lps = entry(name).family == "lps"
-        named[name] = make_method(name, **({"extra_zoo": extra} if lps else {}))
-    res = evaluate(nets, tasks, named, splits, Context(dataset=z.dataset()), strict=True)
+    named = {name: make_method(name) for name in methods.split(",")}
+    more = extra_from_zoo(extra) if extra else None
+    ctx = Context(dataset=z.dataset())
+    res = evaluate(nets, tasks, named, splits, ctx, strict=True, extra=more)
     for name, e in res["methods"].items():
         cells = "  ".join(
             f"{k} {e[k]['mean']:.3f} ± {e[k]['std']:.3f}"

@@ -69,8 +69,15 @@ class RecordingLearned(FlatMethod):
     def fit(self, networks, tasks, context, val=None):
         assert not self.fitted, "evaluate must fit a fresh copy per split"
         self.fitted = True
+        from paramsim.eval.extra import network_digest
+
         RecordingLearned.fits.append(
-            {"train": set(tasks), "val": set(val[1]) if val else set(), "n": len(networks)}
+            {
+                "train": set(tasks),
+                "val": set(val[1]) if val else set(),
+                "n": len(networks),
+                "digests": [network_digest(n) for n in networks],
+            }
         )
         return self
 

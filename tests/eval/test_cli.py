@@ -73,6 +73,8 @@ def test_extra_zoo_trains_lps(tiny_zoo, tmp_path):
     assert main([*args, "--extra-zoo", str(extra), "--quiet", "--seen-fraction", "0"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["extra_zoo"] == str(extra) and "lps" in results["methods"]
+    # group tasks are never held-out pair tasks: all 8 extra models train
+    assert results["extra"]["n_models"] == 8 and results["extra"]["kept_per_split"] == [8]
 
 
 def test_error_inside_a_method_fit_is_not_a_skip(tmp_path, monkeypatch):

@@ -73,8 +73,9 @@ from paramsim.errors import ParamsimError
     "--extra-zoo",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Extra training models for the lps methods (e.g. a digits-groups zoo); models whose "
-    "task could be a held-out task are dropped.",
+    help="Extra training models for the learned methods (e.g. a digits-groups zoo); per split, "
+    "models of held-out or validation tasks, of held-out classes, and copies of ZOO's "
+    "withheld models are dropped.",
 )
 @threads_option
 @quiet_option
@@ -94,9 +95,9 @@ def eval_command(
     quiet: bool,
 ) -> None:
     """Evaluate similarity methods on the models of ZOO (a directory from `paramsim zoo build`)."""
-    from paramsim.eval.on_zoo import evaluate_zoo
+    from paramsim.eval.on_zoo import evaluate_zoo, extra_from_zoo
     from paramsim.eval.report import format_table, write_report
-    from paramsim.methods import entry, make_methods, parse_method_names
+    from paramsim.methods import make_methods, parse_method_names
     from paramsim.zoo import open_zoo
 
     if n_splits < 1:
@@ -107,11 +108,8 @@ def eval_command(
         raise ParamsimError(f"--out {out_dir} is a file; give a directory for the report")
     names = parse_method_names(methods)
     store = open_zoo(zoo)
-    options = {}
-    if extra_zoo:
-        extra = str(open_zoo(extra_zoo).path)
-        options = {n: {"extra_zoo": extra} for n in names if entry(n).family == "lps"}
-    made, unavailable = make_methods(names, options)
+    extra = extra_from_zoo(extra_zoo) if extra_zoo else None
+    made, unavailable = make_methods(names)
     if unavailable and strict:
         raise ParamsimError(next(iter(unavailable.values())))
     set_threads(threads)
@@ -143,6 +141,7 @@ def eval_command(
                 "seen_fraction": seen_fraction,
             },
             strict=strict,
+            extra=extra,
             fixed_mode="heldout" if fixed_per_split else "all",
         )
     finally:

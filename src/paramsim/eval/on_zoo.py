@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from paramsim.errors import ParamsimError
+from paramsim.eval.extra import ExtraModels
 from paramsim.eval.protocol import ProgressFn, evaluate
 from paramsim.eval.splits import make_splits
 from paramsim.features.base import Context, Method
@@ -24,6 +25,7 @@ def evaluate_zoo(
     *,
     skipped: Mapping[str, str] | None = None,
     order: Sequence[str] | None = None,
+    extra: ExtraModels | str | Path | None = None,
     progress: ProgressFn | None = None,
     split_options: Mapping[str, Any] | None = None,
     **evaluate_options: Any,
@@ -32,7 +34,9 @@ def evaluate_zoo(
 
     `skipped` names methods the caller could not make (e.g. a missing optional package) and
     why; they join the report's skipped rows. `order` is the row order of the report
-    (default: the methods, then the skipped ones).
+    (default: the methods, then the skipped ones). `extra` (models or a zoo directory, e.g.
+    a group-task zoo) trains learned methods too, under the split's leak guard
+    (`paramsim.eval.extra`).
     """
     if n_splits < 1:
         raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
@@ -59,6 +63,8 @@ def evaluate_zoo(
         for name in skipped:
             for i in range(n_splits):
                 progress(name, i)
+    if isinstance(extra, (str, Path)):
+        extra = extra_from_zoo(extra)
     results = evaluate(
         networks,
         model_tasks,
@@ -67,6 +73,7 @@ def evaluate_zoo(
         context,
         zoo_name=zoo_name,
         progress=progress,
+        extra=extra,
         **evaluate_options,
     )
     results["skipped"] = {**skipped, **results["skipped"]}
@@ -77,3 +84,12 @@ def evaluate_zoo(
         list(results["methods"]) + list(results["skipped"]), key=lambda n: rank.get(n, 1e9)
     )
     return results
+
+
+def extra_from_zoo(path: str | Path) -> ExtraModels:
+    """Every model of the zoo at `path` as extra training models."""
+    from paramsim.zoo import open_zoo
+
+    z = open_zoo(path)
+    tasks = [z.tasks[int(t)] for t in z.task_ids]
+    return ExtraModels(z.networks(), tasks, source=str(Path(path).resolve()))

@@ -39,6 +39,8 @@ class Split:
     test_ids: tuple[int, ...]
     query_ids: tuple[int, ...]
     gallery_ids: tuple[int, ...]
+    holdout: str = "tasks"  # "tasks": new tasks of known classes; "classes": unseen classes
+    heldout_classes: tuple[int, ...] = ()  # classes no training or validation task touches
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
