@@ -119,8 +119,8 @@ class NeedsCNN(Method):
 
 
 class FakeZoo:
-    def __init__(self):
-        self.nets, model_tasks = synthetic_networks(per_task=3)
+    def __init__(self, tasks: Sequence[Task] = TASKS, per_task: int = 3):
+        self.nets, model_tasks = synthetic_networks(tasks, per_task=per_task)
         self.tasks = list(dict.fromkeys(model_tasks))
         self.task_ids = np.array([self.tasks.index(t) for t in model_tasks])
         self.path = "/tmp/fake-zoo"

@@ -36,11 +36,25 @@ from paramsim.errors import ParamsimError
     help="Directory for results.json, results.md, cmc.png, relation.png.",
 )
 @click.option(
+    "--holdout",
+    type=click.Choice(["tasks", "classes"]),
+    default="tasks",
+    show_default=True,
+    help="What a split holds out: tasks (new tasks of known classes) or classes (every task "
+    "touching --classes held-out classes; learned methods never see those classes).",
+)
+@click.option(
+    "--classes",
+    "n_classes_out",
+    type=int,
+    default=None,
+    help="Held-out classes per split with --holdout classes (default: a fifth, 2 of 10).",
+)
+@click.option(
     "--test-fraction",
     type=float,
-    default=0.4,
-    show_default=True,
-    help="Fraction of tasks held out per split.",
+    default=None,
+    help="Fraction of tasks held out per split with --holdout tasks [default: 0.4].",
 )
 @click.option(
     "--queries",
@@ -85,7 +99,9 @@ def eval_command(
     n_splits: int,
     seed: int,
     out_dir: Path,
-    test_fraction: float,
+    holdout: str,
+    n_classes_out: int | None,
+    test_fraction: float | None,
     n_queries: int | None,
     seen_fraction: float,
     strict: bool,
@@ -106,6 +122,17 @@ def eval_command(
         raise ParamsimError(f"--threads must be at least 1, got {threads}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ParamsimError(f"--out {out_dir} is a file; give a directory for the report")
+    if holdout == "tasks" and n_classes_out is not None:
+        raise ParamsimError("--classes goes with --holdout classes; add it or drop --classes")
+    if holdout == "classes" and test_fraction is not None:
+        raise ParamsimError(
+            "--test-fraction goes with --holdout tasks; with --holdout classes use --classes"
+        )
+    split_options = {"n_queries": n_queries, "seen_fraction": seen_fraction}
+    if holdout == "tasks":
+        split_options["test_fraction"] = 0.4 if test_fraction is None else test_fraction
+    else:
+        split_options["n_classes_out"] = n_classes_out
     names = parse_method_names(methods)
     store = open_zoo(zoo)
     extra = extra_from_zoo(extra_zoo) if extra_zoo else None
@@ -135,11 +162,8 @@ def eval_command(
             skipped=unavailable,
             order=names,
             progress=progress,
-            split_options={
-                "test_fraction": test_fraction,
-                "n_queries": n_queries,
-                "seen_fraction": seen_fraction,
-            },
+            split_options=split_options,
+            holdout=holdout,
             strict=strict,
             extra=extra,
             fixed_mode="heldout" if fixed_per_split else "all",

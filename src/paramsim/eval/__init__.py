@@ -14,7 +14,7 @@ from paramsim.eval.metrics import (
 from paramsim.eval.on_zoo import evaluate_zoo
 from paramsim.eval.protocol import evaluate
 from paramsim.eval.report import format_table, write_report
-from paramsim.eval.splits import Split, index_tasks, make_splits
+from paramsim.eval.splits import Split, index_tasks, make_class_splits, make_splits
 
 __all__ = [
     "RetrievalScores",
@@ -25,6 +25,7 @@ __all__ = [
     "evaluate_zoo",
     "format_table",
     "index_tasks",
+    "make_class_splits",
     "make_splits",
     "relation_spearman",
     "retrieval",

@@ -13,7 +13,7 @@ import numpy as np
 from paramsim.errors import ParamsimError
 from paramsim.eval.extra import ExtraModels
 from paramsim.eval.protocol import ProgressFn, evaluate
-from paramsim.eval.splits import make_splits
+from paramsim.eval.splits import make_class_splits, make_splits
 from paramsim.features.base import Context, Method
 
 
@@ -26,6 +26,7 @@ def evaluate_zoo(
     skipped: Mapping[str, str] | None = None,
     order: Sequence[str] | None = None,
     extra: ExtraModels | str | Path | None = None,
+    holdout: str = "tasks",
     progress: ProgressFn | None = None,
     split_options: Mapping[str, Any] | None = None,
     **evaluate_options: Any,
@@ -36,7 +37,8 @@ def evaluate_zoo(
     why; they join the report's skipped rows. `order` is the row order of the report
     (default: the methods, then the skipped ones). `extra` (models or a zoo directory, e.g.
     a group-task zoo) trains learned methods too, under the split's leak guard
-    (`paramsim.eval.extra`).
+    (`paramsim.eval.extra`). `holdout="classes"` holds out classes instead of tasks
+    (`make_class_splits`; `split_options` may then name `n_classes_out`).
     """
     if n_splits < 1:
         raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
@@ -52,7 +54,13 @@ def evaluate_zoo(
         zoo_name = Path(zoo_name).name or zoo_name
     task_ids = np.asarray(zoo.task_ids, dtype=np.int64)
     model_tasks = [zoo.tasks[int(t)] for t in task_ids]
-    splits = make_splits(task_ids, n_splits=n_splits, seed=seed, **dict(split_options or {}))
+    options = dict(split_options or {})
+    if holdout == "tasks":
+        splits = make_splits(task_ids, n_splits=n_splits, seed=seed, **options)
+    elif holdout == "classes":
+        splits = make_class_splits(model_tasks, n_splits=n_splits, seed=seed, **options)
+    else:
+        raise ParamsimError(f"--holdout must be tasks or classes, got {holdout!r}")
 
     needs_data = any(not getattr(m, "weights_only", True) for m in named.values())
     context = Context(dataset=zoo.dataset() if needs_data else None, seed=seed)

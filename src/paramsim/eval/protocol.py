@@ -50,16 +50,20 @@ def _similarity(method: Method, nets: Sequence[Network], context: Context) -> np
 
 
 def _extra_ids(
-    networks: Sequence[Network], tasks: list[Task], splits: Sequence[Split], extra: ExtraModels
+    networks: Sequence[Network],
+    model_tasks: Sequence[Task],
+    splits: Sequence[Split],
+    extra: ExtraModels,
 ) -> dict[int, list[int]]:
-    """Per split, the extra models that may train (see `paramsim.eval.extra`)."""
+    """Per split, the extra models that may train (see `paramsim.eval.extra`); the barred
+    tasks are read from the held-out and validation models themselves."""
     digests = [network_digest(n) for n in networks]
     out = {}
     for sp in splits:
         withheld = {digests[i] for i in (*sp.test_ids, *sp.val_ids, *sp.seen_ids)}
         out[sp.index] = allowed_extra(
             extra,
-            exclude_tasks=[tasks[t] for t in (*sp.test_tasks, *sp.val_tasks)],
+            exclude_tasks={model_tasks[i] for i in (*sp.test_ids, *sp.val_ids)},
             exclude_classes=sp.heldout_classes,
             withheld=withheld,
         )
@@ -122,7 +126,7 @@ def evaluate(
         fixed_mode,
         classification_rule,
         extra,
-        _extra_ids(networks, tasks, splits, extra) if extra is not None else {},
+        _extra_ids(networks, model_tasks, splits, extra) if extra is not None else {},
     )
 
     started = time.perf_counter()
@@ -135,6 +139,7 @@ def evaluate(
         "tasks": [t.name for t in tasks],
         "protocol": {
             "holdout": splits[0].holdout,
+            "n_heldout_classes": len(splits[0].heldout_classes),
             "fixed_mode": fixed_mode,
             "classification_rule": classification_rule,
             "n_test_tasks": len(splits[0].test_tasks),

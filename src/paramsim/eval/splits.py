@@ -10,10 +10,15 @@ tasks the metric has not seen. Per split:
 - training tasks: `train_ids` train the metric and serve as references for seen-task
   classification; `seen_ids` (about `seen_fraction` of each training task's models) are
   withheld from training and classified.
+
+`make_class_splits` holds out classes instead of tasks: the held-out tasks are every task
+that touches one of K held-out classes, and validation and training tasks come only from
+the other classes, so a learned method is scored on classes it has never seen.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +27,8 @@ import numpy as np
 
 from paramsim.data import Task, task_key
 from paramsim.errors import ParamsimError
+
+MAX_SPLITS = 1000  # bounds --splits: each split refits every learned method
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,72 @@ def _check_fraction(name: str, value: float, allow_zero: bool = False) -> None:
         raise ParamsimError(f"{name} must be in {bound}, got {value}")
 
 
+def _check_common(n_splits: int, val_fraction: float, seen_fraction: float, n_queries) -> None:
+    if n_splits < 1:
+        raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
+    if n_splits > MAX_SPLITS:
+        raise ParamsimError(f"--splits must be at most {MAX_SPLITS}, got {n_splits}")
+    _check_fraction("val_fraction", val_fraction, allow_zero=True)
+    _check_fraction("seen_fraction", seen_fraction, allow_zero=True)
+    if n_queries is not None and n_queries < 1:
+        raise ParamsimError(f"n_queries must be at least 1 (or None for all), got {n_queries}")
+
+
+def _tup(a) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.sort(np.asarray(a, dtype=np.int64)))
+
+
+def _split(
+    index: int,
+    seed: int,
+    rng: np.random.Generator,
+    members: dict[int, np.ndarray],
+    test_t: np.ndarray,
+    val_t: np.ndarray,
+    train_t: np.ndarray,
+    seen_fraction: float,
+    n_queries: int | None,
+    holdout: str = "tasks",
+    heldout_classes: Sequence[int] = (),
+) -> Split:
+    """Model ids of one split, given its test, validation and training tasks."""
+    train_ids: list[int] = []
+    seen_ids: list[int] = []
+    for t in train_t:
+        m = rng.permutation(members[int(t)])
+        k = 0
+        if seen_fraction > 0 and len(m) >= 2:
+            k = min(max(1, round(seen_fraction * len(m))), len(m) - 1)
+        seen_ids += m[:k].tolist()
+        train_ids += m[k:].tolist()
+    test_ids = np.concatenate([members[int(t)] for t in test_t])
+    if n_queries is None:
+        queries = gallery = test_ids
+    else:
+        q: list[int] = []
+        for t in test_t:
+            m = rng.permutation(members[int(t)])
+            q += m[: min(n_queries, max(len(m) - 1, 0))].tolist()
+        queries = np.asarray(q, dtype=np.int64)
+        gallery = np.setdiff1d(test_ids, queries)
+    val_ids = np.concatenate([members[int(t)] for t in val_t]) if len(val_t) else np.zeros(0, int)
+    return Split(
+        index=index,
+        seed=seed,
+        train_tasks=_tup(train_t),
+        val_tasks=_tup(val_t),
+        test_tasks=_tup(test_t),
+        train_ids=_tup(train_ids),
+        val_ids=_tup(val_ids),
+        seen_ids=_tup(seen_ids),
+        test_ids=_tup(test_ids),
+        query_ids=_tup(queries),
+        gallery_ids=_tup(gallery),
+        holdout=holdout,
+        heldout_classes=_tup(heldout_classes),
+    )
+
+
 def make_splits(
     task_ids_per_model: Sequence[int] | np.ndarray,
     n_splits: int = 5,
@@ -87,13 +160,8 @@ def make_splits(
     `seen_fraction=0` withholds no models of training tasks (no classification score).
     """
     labels = np.asarray(task_ids_per_model, dtype=np.int64)
-    if n_splits < 1:
-        raise ParamsimError(f"--splits must be at least 1, got {n_splits}")
+    _check_common(n_splits, val_fraction, seen_fraction, n_queries)
     _check_fraction("test_fraction", test_fraction)
-    _check_fraction("val_fraction", val_fraction, allow_zero=True)
-    _check_fraction("seen_fraction", seen_fraction, allow_zero=True)
-    if n_queries is not None and n_queries < 1:
-        raise ParamsimError(f"n_queries must be at least 1 (or None for all), got {n_queries}")
     tasks = np.unique(labels)
     if len(tasks) < 3:
         raise ParamsimError(
@@ -112,45 +180,80 @@ def make_splits(
         test_t = np.sort(order[:n_test])
         val_t = np.sort(order[n_test : n_test + n_val])
         train_t = np.sort(order[n_test + n_val :])
-        train_ids: list[int] = []
-        seen_ids: list[int] = []
-        for t in train_t:
-            m = rng.permutation(members[int(t)])
-            k = 0
-            if seen_fraction > 0 and len(m) >= 2:
-                k = min(max(1, round(seen_fraction * len(m))), len(m) - 1)
-            seen_ids += m[:k].tolist()
-            train_ids += m[k:].tolist()
-        test_ids = np.concatenate([members[int(t)] for t in test_t])
-        if n_queries is None:
-            queries = gallery = test_ids
-        else:
-            q: list[int] = []
-            for t in test_t:
-                m = rng.permutation(members[int(t)])
-                q += m[: min(n_queries, max(len(m) - 1, 0))].tolist()
-            queries = np.asarray(q, dtype=np.int64)
-            gallery = np.setdiff1d(test_ids, queries)
-        val_ids = (
-            np.concatenate([members[int(t)] for t in val_t]) if len(val_t) else np.zeros(0, int)
-        )
-
-        def tup(a) -> tuple[int, ...]:
-            return tuple(int(x) for x in np.sort(np.asarray(a, dtype=np.int64)))
-
         splits.append(
-            Split(
-                index=i,
-                seed=seed,
-                train_tasks=tup(train_t),
-                val_tasks=tup(val_t),
-                test_tasks=tup(test_t),
-                train_ids=tup(train_ids),
-                val_ids=tup(val_ids),
-                seen_ids=tup(seen_ids),
-                test_ids=tup(test_ids),
-                query_ids=tup(queries),
-                gallery_ids=tup(gallery),
+            _split(i, seed, rng, members, test_t, val_t, train_t, seen_fraction, n_queries)
+        )
+    return splits
+
+
+def default_classes_out(n_classes: int) -> int:
+    """Held-out classes when none are asked for: a fifth of the classes (2 of 10), at least 1."""
+    return max(1, round(n_classes / 5))
+
+
+def make_class_splits(
+    model_tasks: Sequence[Task],
+    n_splits: int = 5,
+    seed: int = 0,
+    n_classes_out: int | None = None,
+    n_queries: int | None = None,
+    val_fraction: float = 0.2,
+    seen_fraction: float = 0.4,
+) -> list[Split]:
+    """Held-out-classes splits: split i holds out `n_classes_out` classes drawn from numpy's
+    generator seeded [seed, i] (every split a different class set).
+
+    Held-out tasks are all tasks that touch a held-out class; validation and training tasks
+    are drawn from the tasks among the other classes only, so a learned method never sees a
+    held-out class. Task ids follow `index_tasks(model_tasks)`.
+    """
+    _check_common(n_splits, val_fraction, seen_fraction, n_queries)
+    labels, tasks = index_tasks(model_tasks)
+    classes = sorted(set().union(*(t.classes for t in tasks)))
+    k = default_classes_out(len(classes)) if n_classes_out is None else n_classes_out
+    if not 1 <= k <= len(classes) - 2:
+        raise ParamsimError(
+            f"--classes must be between 1 and {len(classes) - 2} (the zoo's tasks use "
+            f"{len(classes)} classes and training needs at least 2), got {k}"
+        )
+    n_sets = math.comb(len(classes), k)
+    if n_splits > n_sets:
+        raise ParamsimError(
+            f"--splits {n_splits} asks for more class sets than the {n_sets} ways to hold out "
+            f"{k} of {len(classes)} classes; use at most {n_sets} splits"
+        )
+    members = {t: np.flatnonzero(labels == t) for t in range(len(tasks))}
+    drawn: set[tuple[int, ...]] = set()
+    splits = []
+    for i in range(n_splits):
+        rng = np.random.default_rng([seed, i])
+        held = tuple(sorted(int(c) for c in rng.choice(classes, k, replace=False)))
+        while held in drawn:  # every split a different class set
+            held = tuple(sorted(int(c) for c in rng.choice(classes, k, replace=False)))
+        drawn.add(held)
+        touch = np.asarray([bool(t.classes & set(held)) for t in tasks])
+        test_t = np.flatnonzero(touch)
+        rest = rng.permutation(np.flatnonzero(~touch))
+        if len(test_t) < 2 or len(rest) < 1:
+            raise ParamsimError(
+                f"holding out classes {list(held)} leaves {len(test_t)} held-out and "
+                f"{len(rest)} training tasks; each side needs tasks (use fewer --classes)"
+            )
+        n_val = min(round(val_fraction * len(rest)), len(rest) - 1)
+        val_t, train_t = np.sort(rest[:n_val]), np.sort(rest[n_val:])
+        splits.append(
+            _split(
+                i,
+                seed,
+                rng,
+                members,
+                test_t,
+                val_t,
+                train_t,
+                seen_fraction,
+                n_queries,
+                holdout="classes",
+                heldout_classes=held,
             )
         )
     return splits
