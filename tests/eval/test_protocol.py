@@ -87,7 +87,9 @@ def test_evaluate_scores_fixed_methods(setup):
     assert noise["map"]["mean"] < 0.7
     assert len(flat["per_split"]) == 3 and flat["weights_only"] is True
     assert flat["set_dependent"] is False
-    assert flat["seconds"] >= 0 and flat["models_per_s"] > 0
+    # the timing fields add up: one similarity over all models, no fit
+    assert flat["fit_seconds"] == 0 and flat["seconds"] == flat["similarity_seconds"]
+    assert flat["models_per_s"] * flat["similarity_seconds"] == pytest.approx(len(nets))
     assert res["splits"] == 3 and res["seed"] == 0
     ex = flat["task_similarity"]
     assert len(ex["tasks"]) == len(splits[0].test_tasks) == len(ex["relation"])
@@ -120,7 +122,13 @@ def test_learned_method_never_sees_held_out_tasks(setup):
     assert learned["learned"] is True
     # same embedding, same held-out models -> the same scores as the fixed version
     assert learned["map"]["mean"] == pytest.approx(fixed["map"]["mean"])
-    assert learned["fit_seconds"] >= 0
+    # learned: fitted once per split, similarity per split on held-out and training models
+    assert learned["fit_seconds"] > 0
+    assert learned["seconds"] == pytest.approx(
+        learned["fit_seconds"] + learned["similarity_seconds"]
+    )
+    embedded = sum(len(set(sp.test_ids + sp.train_ids + sp.seen_ids)) for sp in splits)
+    assert learned["models_per_s"] * learned["similarity_seconds"] == pytest.approx(embedded)
 
 
 def test_error_inside_a_method_propagates_instead_of_a_skip(setup):
