@@ -14,7 +14,7 @@ import time
 import torch
 
 from paramsim.features import FIXED_METHODS, Context, get_method
-from paramsim.zoo import Zoo
+from paramsim.zoo import open_zoo
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--methods", default=",".join(FIXED_METHODS))
     args = parser.parse_args()
-    zoo = Zoo(args.zoo)
+    zoo = open_zoo(args.zoo)
     start = time.perf_counter()
     networks = zoo.networks()
     context = Context(zoo.dataset())

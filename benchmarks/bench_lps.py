@@ -38,14 +38,14 @@ def random_mlps(n: int, widths=(64, 32, 32, 2), seed: int = 0):
 
 def bench_fit(zoo: str, extra: str | None, threads: int) -> None:
     from paramsim.lps import LPS
-    from paramsim.zoo import Zoo
+    from paramsim.zoo import open_zoo
 
     torch.set_num_threads(threads)
-    z = Zoo.open(zoo)
+    z = open_zoo(zoo)
     nets, tasks = z.networks(), [r.task for r in z.records]
     en, et = [], []
     if extra:
-        ez = Zoo.open(extra)
+        ez = open_zoo(extra)
         en, et = ez.networks(), [r.task for r in ez.records]
     t0 = time.perf_counter()
     m = LPS().fit(nets, tasks, extra_networks=en, extra_tasks=et)
@@ -128,22 +128,20 @@ def bench_search(n: int, dim: int, n_queries: int) -> None:
 
 def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> None:
     """Held-out retrieval for LPS variants (with the extra zoo) and fixed methods alike."""
-    from paramsim.eval.protocol import evaluate, make_splits, resolve_method
+    from paramsim.eval import evaluate, make_splits
+    from paramsim.eval.on_zoo import extra_from_zoo
     from paramsim.features.base import Context
-    from paramsim.lps import VARIANTS, LPSMethod
-    from paramsim.zoo import Zoo
+    from paramsim.methods import make_method
+    from paramsim.zoo import open_zoo
 
-    z = Zoo.open(zoo_dir)
+    z = open_zoo(zoo_dir)
     nets, tids = z.networks(), np.asarray(z.task_ids)
     tasks = [z.tasks[int(t)] for t in tids]
     splits = make_splits(tids, n_splits=n_splits, seed=0, seen_fraction=0.0)
-    named = {}
-    for name in methods.split(","):
-        if name in VARIANTS:
-            named[name] = LPSMethod(name, extra_zoo=extra)
-        else:
-            named[name] = resolve_method(name)
-    res = evaluate(nets, tasks, named, splits, Context(dataset=z.dataset()), on_error="raise")
+    named = {name: make_method(name) for name in methods.split(",")}
+    more = extra_from_zoo(extra) if extra else None
+    ctx = Context(dataset=z.dataset())
+    res = evaluate(nets, tasks, named, splits, ctx, strict=True, extra=more)
     for name, e in res["methods"].items():
         cells = "  ".join(
             f"{k} {e[k]['mean']:.3f} ± {e[k]['std']:.3f}"
@@ -152,29 +150,20 @@ def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> Non
         print(f"heldout {Path(zoo_dir).name} {name}: {cells}  ({e['seconds']:.0f} s)")
 
 
-def _ap_rows(S: np.ndarray, qlab: np.ndarray, glab: np.ndarray) -> float:
-    aps = []
-    for i in range(S.shape[0]):
-        rel = glab == qlab[i]
-        if rel.any():
-            ranks = np.flatnonzero(rel[np.argsort(-S[i], kind="stable")]) + 1
-            aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
-    return float(np.mean(aps))
-
-
 def crossarch(zoo_dir: str, n_splits: int, extra: str | None) -> None:
     """Held-out mAP when queries and gallery have different architectures."""
-    from paramsim.eval.protocol import make_splits
+    from paramsim.eval import make_splits
     from paramsim.lps import LPS
-    from paramsim.zoo import Zoo
+    from paramsim.ranking import mean_average_precision as mean_ap
+    from paramsim.zoo import open_zoo
 
-    z = Zoo.open(zoo_dir)
+    z = open_zoo(zoo_dir)
     nets, tids = z.networks(), np.asarray(z.task_ids)
     tasks = [z.tasks[int(t)] for t in tids]
     arch = np.asarray([r.arch.label for r in z.records])
     en, et = [], []
     if extra:
-        ez = Zoo.open(extra)
+        ez = open_zoo(extra)
         en, et = ez.networks(), [r.task for r in ez.records]
     scores: dict[str, list[float]] = {}
     for sp in make_splits(tids, n_splits=n_splits, seed=0, seen_fraction=0.0):
@@ -189,19 +178,18 @@ def crossarch(zoo_dir: str, n_splits: int, extra: str | None) -> None:
         )
         e = m.embed([nets[i] for i in te])
         S = e @ e.T
-        np.fill_diagonal(S, -np.inf)
         lab, ar = tids[te], arch[te]
         cnn = np.char.startswith(ar.astype(str), "cnn")
         mlp_other = []
         for a in np.unique(ar[~cnn]):
             q, g = np.flatnonzero(ar == a), np.flatnonzero((ar != a) & ~cnn)
-            mlp_other.append(_ap_rows(S[np.ix_(q, g)], lab[q], lab[g]))
+            mlp_other.append(mean_ap(S[np.ix_(q, g)], lab[q], lab[g]))
         q, g = np.flatnonzero(~cnn), np.flatnonzero(cnn)
         got = {
-            "all": _ap_rows(S, lab, lab),
+            "all": mean_ap(S, lab, lab, exclude=np.eye(len(lab), dtype=bool)),
             "mlp->other mlp archs": float(np.mean(mlp_other)),
-            "mlp->cnn": _ap_rows(S[np.ix_(q, g)], lab[q], lab[g]) if len(g) else float("nan"),
-            "cnn->mlp": _ap_rows(S[np.ix_(g, q)], lab[g], lab[q]) if len(g) else float("nan"),
+            "mlp->cnn": mean_ap(S[np.ix_(q, g)], lab[q], lab[g]) if len(g) else float("nan"),
+            "cnn->mlp": mean_ap(S[np.ix_(g, q)], lab[g], lab[q]) if len(g) else float("nan"),
         }
         for k, v in got.items():
             scores.setdefault(k, []).append(v)
@@ -214,9 +202,9 @@ def rescale_check(model_dir: str, zoo_dir: str, n: int = 100) -> None:
     from dataclasses import replace
 
     from paramsim.lps import LPS
-    from paramsim.zoo import Zoo
+    from paramsim.zoo import open_zoo
 
-    m, z = LPS.load(model_dir), Zoo.open(zoo_dir)
+    m, z = LPS.load(model_dir), open_zoo(zoo_dir)
     nets = z.networks(range(n))
     g = torch.Generator().manual_seed(0)
     for s in (0.5, 1.0):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from paramsim.errors import ParamsimError
+from paramsim.vectors import unit_rows
 
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"
@@ -27,7 +28,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ParamsimError(f"embeddings must be a 2-d array (n, dim), got shape {x.shape}")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(x)
 
 
 class EmbeddingIndex:

@@ -6,7 +6,8 @@ import click
 import pytest
 from cli_helpers import assert_one_error, run_cli
 
-from paramsim.cli import cli
+import paramsim.zoo
+from paramsim.cli import cli, main
 
 COMPUTING = ["compare", "embed", "index build", "search", "eval", "fit", "relate", "transfer"]
 LISTS = ["compare", "eval", "relate", "transfer"]  # commands that run several methods
@@ -61,24 +62,21 @@ def test_no_library_code_left_in_the_cli():
     assert callable(models.resolve_models) and callable(compare.compare_with_model)
 
 
-def test_eval_passes_every_extra_zoo_to_lps(tiny_zoo, monkeypatch):
-    from paramsim.cli import eval_cmd
-    from paramsim.lps import method as lps_method
+def test_eval_passes_every_extra_zoo_to_the_protocol(tiny_zoo, tmp_path, monkeypatch):
+    from paramsim.eval import on_zoo
 
-    made = eval_cmd._lps_with_extra_zoo(["a", "b"])["lps"]()
-    loaded: list[str] = []
+    seen = {}
 
-    def fake_training_set(path):
-        loaded.append(path)
-        return (), ()
+    def fake_evaluate_zoo(store, methods, **kw):
+        seen["extra"] = kw["extra"]
+        raise SystemExit(0)
 
-    monkeypatch.setattr(lps_method, "_zoo_training_set", fake_training_set)
-    monkeypatch.setattr(lps_method.LPS, "fit", lambda self, *a, **k: self)
-    from paramsim.zoo import Zoo
-
-    zoo = Zoo.open(tiny_zoo)
-    made.fit(zoo.networks()[:1], [zoo.records[0].task])
-    assert loaded == ["a", "b"]
+    monkeypatch.setattr(on_zoo, "evaluate_zoo", fake_evaluate_zoo)
+    args = ["eval", str(tiny_zoo), "--methods", "flat", "--out", str(tmp_path / "o"), "-q"]
+    with pytest.raises(SystemExit):
+        main([*args, "--extra-zoo", str(tiny_zoo), "--extra-zoo", str(tiny_zoo)])
+    n = len(paramsim.zoo.open_zoo(tiny_zoo).records)
+    assert len(seen["extra"]) == 2 * n
 
 
 def test_compare_several_methods_prints_a_line_each(tiny_zoo, tmp_path, capsys):

@@ -69,14 +69,46 @@ class RecordingLearned(FlatMethod):
     def fit(self, networks, tasks, context, val=None):
         assert not self.fitted, "evaluate must fit a fresh copy per split"
         self.fitted = True
+        from paramsim.eval.extra import network_digest
+
         RecordingLearned.fits.append(
-            {"train": set(tasks), "val": set(val[1]) if val else set(), "n": len(networks)}
+            {
+                "train": set(tasks),
+                "val": set(val[1]) if val else set(),
+                "n": len(networks),
+                "digests": [network_digest(n) for n in networks],
+            }
         )
         return self
 
     def embed(self, networks, context):
         assert self.fitted, "similarity before fit"
         return super().embed(networks, context)
+
+
+class BrokenFit(RecordingLearned):
+    """A learned method with a bug in its fit."""
+
+    name = "broken-test"
+
+    def fit(self, networks, tasks, context, val=None):
+        return 1 / 0
+
+
+class NeedsPackage(FlatMethod):
+    """A method whose fit imports a module that is not installed."""
+
+    name = "needs-test"
+    learned = True
+
+    def __init__(self, module: str = "nosuchpkg_xyz") -> None:
+        self.module = module
+
+    def fit(self, networks, tasks, context):
+        import importlib
+
+        importlib.import_module(self.module)
+        return self
 
 
 class NeedsCNN(Method):
@@ -87,8 +119,8 @@ class NeedsCNN(Method):
 
 
 class FakeZoo:
-    def __init__(self):
-        self.nets, model_tasks = synthetic_networks(per_task=3)
+    def __init__(self, tasks: Sequence[Task] = TASKS, per_task: int = 3):
+        self.nets, model_tasks = synthetic_networks(tasks, per_task=per_task)
         self.tasks = list(dict.fromkeys(model_tasks))
         self.task_ids = np.array([self.tasks.index(t) for t in model_tasks])
         self.path = "/tmp/fake-zoo"

@@ -1,10 +1,10 @@
 import json
 
 import pytest
-from eval_helpers import FakeZoo, FlatMethod
+from eval_helpers import FakeZoo
 
+import paramsim.zoo
 from paramsim.cli import main
-from paramsim.eval import protocol
 
 
 @pytest.mark.parametrize(
@@ -27,52 +27,43 @@ def test_bad_input_exit_2(tmp_path, capsys, monkeypatch, args, message):
 
 
 def test_missing_zoo_exit_2(tmp_path, capsys):
-    protocol.register_method("flat-test", FlatMethod)
-    try:
-        code = main(["eval", str(tmp_path / "nope"), "--methods", "flat-test", "--out", "x"])
-    finally:
-        protocol.unregister_method("flat-test")
+    code = main(["eval", str(tmp_path / "nope"), "--methods", "flat", "--out", "x"])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_eval_command_end_to_end(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(protocol, "open_zoo", lambda path: FakeZoo())
-    protocol.register_method("flat-test", FlatMethod)
-    try:
-        out = tmp_path / "out"
-        code = main(
-            [
-                "eval",
-                str(tmp_path / "z"),
-                "--methods",
-                "flat-test",
-                "--splits",
-                "2",
-                "--out",
-                str(out),
-                "--quiet",
-                "--threads",
-                "1",
-                "--fixed-per-split",
-                "--queries",
-                "1",
-            ]
-        )
-    finally:
-        protocol.unregister_method("flat-test")
+    monkeypatch.setattr(paramsim.zoo, "open_zoo", lambda path: FakeZoo())
+    out = tmp_path / "out"
+    code = main(
+        [
+            "eval",
+            str(tmp_path / "z"),
+            "--methods",
+            "flat",
+            "--splits",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--threads",
+            "1",
+            "--fixed-per-split",
+            "--queries",
+            "1",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "| flat-test | yes |" in captured.out
+    assert "| flat | yes |" in captured.out
     data = json.loads((out / "results.json").read_text())
     assert data["splits"] == 2 and data["zoo"] == "z"
     assert data["protocol"]["fixed_mode"] == "heldout" and not data["protocol"]["all_vs_all"]
     assert {"results.md", "cmc.png"} <= {p.name for p in out.iterdir()}
 
 
-def test_extra_zoo_trains_lps_and_is_forgotten_afterwards(tiny_zoo, tmp_path):
+def test_extra_zoo_trains_lps(tiny_zoo, tmp_path):
     from paramsim.cli import main
-    from paramsim.eval.protocol import resolve_method
     from paramsim.zoo import RECIPES, build_zoo
 
     groups = RECIPES["digits-groups"].with_overrides(tasks="groups:4", models_per_task=2)
@@ -81,5 +72,17 @@ def test_extra_zoo_trains_lps_and_is_forgotten_afterwards(tiny_zoo, tmp_path):
     args = ["eval", str(tiny_zoo), "--methods", "lps", "--splits", "1", "--out", str(out)]
     assert main([*args, "--extra-zoo", str(extra), "--quiet", "--seen-fraction", "0"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["extra_zoo"] == [str(extra)] and "lps" in results["methods"]
-    assert resolve_method("lps").extra_zoo is None
+    assert results["extra_zoo"] == [str(extra.resolve())] and "lps" in results["methods"]
+    # group tasks are never held-out pair tasks: all 8 extra models train
+    assert results["extra"]["n_models"] == 8 and results["extra"]["kept_per_split"] == [8]
+
+
+def test_error_inside_a_method_fit_is_not_a_skip(tmp_path, monkeypatch):
+    from paramsim import methods
+
+    monkeypatch.setattr(paramsim.zoo, "open_zoo", lambda path: FakeZoo())
+    row = methods.MethodEntry("broken-test", "eval_helpers:BrokenFit", "learned", "a bug in fit")
+    monkeypatch.setitem(methods.METHODS, "broken-test", row)
+    args = ["eval", str(tmp_path / "z"), "--methods", "flat,broken-test", "--splits", "1"]
+    with pytest.raises(ZeroDivisionError):
+        main([*args, "--out", str(tmp_path / "out"), "--quiet"])

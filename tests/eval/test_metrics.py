@@ -171,3 +171,24 @@ def test_scores_invariant_to_model_order_and_affine_rescaling(seed):
     r1 = metrics.relation_spearman(S, lab, idx, rel)
     r2 = metrics.relation_spearman(S2, lab2, idx2, rel)
     assert (np.isnan(r1) and np.isnan(r2)) or r1 == pytest.approx(r2)
+
+
+def test_lps_early_stopping_and_the_protocol_share_one_average_precision():
+    from paramsim.lps import retrieval_map
+    from paramsim.vectors import cosine_matrix
+
+    # ties everywhere: a constant embedding gets chance-level AP under sklearn's tie rule,
+    # where a stable sort would have rewarded the order of the models
+    labels = np.array([0, 0, 1, 1, 1])
+    emb = np.ones((5, 3))
+    S = cosine_matrix(emb)
+    protocol_map = metrics.retrieval(S, labels, range(5), range(5)).map
+    assert retrieval_map(emb, labels) == pytest.approx(protocol_map)
+    # query 0 has 1 relevant of 4 tied, query 2 has 2 of 4: chance precision 1/4 and 2/4
+    assert protocol_map == pytest.approx((2 * 0.25 + 3 * 0.5) / 5)
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((12, 4))
+    labels = np.repeat(np.arange(4), 3)
+    assert retrieval_map(emb, labels) == pytest.approx(
+        metrics.retrieval(cosine_matrix(emb), labels, range(12), range(12)).map
+    )

@@ -1,10 +1,18 @@
 import numpy as np
 import pytest
-from eval_helpers import FakeZoo, FlatMethod, NeedsCNN, NoiseMethod, RecordingLearned
+from eval_helpers import (
+    BrokenFit,
+    FakeZoo,
+    FlatMethod,
+    NeedsCNN,
+    NeedsPackage,
+    NoiseMethod,
+    RecordingLearned,
+)
 
 from paramsim.errors import ParamsimError
-from paramsim.eval import protocol
-from paramsim.eval.protocol import evaluate, index_tasks, make_splits
+from paramsim.eval import evaluate, evaluate_zoo, index_tasks, make_splits
+from paramsim.features.adapter import as_method
 from paramsim.features.base import Context
 
 LABELS = np.repeat(np.arange(10), 5)
@@ -78,7 +86,10 @@ def test_evaluate_scores_fixed_methods(setup):
     assert flat["classification"]["mean"] == 1.0
     assert noise["map"]["mean"] < 0.7
     assert len(flat["per_split"]) == 3 and flat["weights_only"] is True
-    assert flat["seconds"] >= 0 and flat["models_per_s"] > 0
+    assert flat["set_dependent"] is False
+    # the timing fields add up: one similarity over all models, no fit
+    assert flat["fit_seconds"] == 0 and flat["seconds"] == flat["similarity_seconds"]
+    assert flat["models_per_s"] * flat["similarity_seconds"] == pytest.approx(len(nets))
     assert res["splits"] == 3 and res["seed"] == 0
     ex = flat["task_similarity"]
     assert len(ex["tasks"]) == len(splits[0].test_tasks) == len(ex["relation"])
@@ -97,7 +108,7 @@ def test_learned_method_never_sees_held_out_tasks(setup):
     nets, model_tasks, splits = setup
     RecordingLearned.fits.clear()
     proto = RecordingLearned()
-    res = evaluate(nets, model_tasks, {"learned": proto}, splits, on_error="raise")
+    res = evaluate(nets, model_tasks, {"learned": proto}, splits, strict=True)
     assert not proto.fitted  # the prototype itself is never fitted
     assert len(RecordingLearned.fits) == len(splits)
     _, tasks = index_tasks(model_tasks)
@@ -111,31 +122,60 @@ def test_learned_method_never_sees_held_out_tasks(setup):
     assert learned["learned"] is True
     # same embedding, same held-out models -> the same scores as the fixed version
     assert learned["map"]["mean"] == pytest.approx(fixed["map"]["mean"])
-    assert learned["fit_seconds"] >= 0
+    # learned: fitted once per split, similarity per split on held-out and training models
+    assert learned["fit_seconds"] > 0
+    assert learned["seconds"] == pytest.approx(
+        learned["fit_seconds"] + learned["similarity_seconds"]
+    )
+    embedded = sum(len(set(sp.test_ids + sp.train_ids + sp.seen_ids)) for sp in splits)
+    assert learned["models_per_s"] * learned["similarity_seconds"] == pytest.approx(embedded)
 
 
-def test_failing_method_is_skipped_or_raised(setup):
+def test_error_inside_a_method_propagates_instead_of_a_skip(setup):
     nets, model_tasks, splits = setup
 
     class Broken(FlatMethod):
         def embed(self, networks, context):
             raise RuntimeError("boom")
 
-    res = evaluate(nets, model_tasks, {"broken": Broken()}, splits)
-    assert res["skipped"]["broken"].startswith("failed: RuntimeError: boom")
-    with pytest.raises(RuntimeError):
-        evaluate(nets, model_tasks, {"broken": Broken()}, splits, on_error="raise")
+    with pytest.raises(RuntimeError, match="boom"):
+        evaluate(nets, model_tasks, {"broken": Broken()}, splits)
 
 
-def test_wrong_similarity_shape_is_reported(setup):
+def test_error_inside_fit_propagates(setup):
+    nets, model_tasks, splits = setup
+    with pytest.raises(ZeroDivisionError):
+        evaluate(nets, model_tasks, {"bad": BrokenFit()}, splits)
+
+
+def test_missing_third_party_package_is_a_skip_but_a_missing_paramsim_module_is_not(setup):
+    nets, model_tasks, splits = setup
+    res = evaluate(nets, model_tasks, {"needs": NeedsPackage("nosuchpkg_xyz")}, splits)
+    assert res["methods"] == {}
+    assert "nosuchpkg_xyz" in res["skipped"]["needs"]
+    with pytest.raises(ModuleNotFoundError):
+        evaluate(nets, model_tasks, {"needs": NeedsPackage("nosuchpkg_xyz")}, splits, strict=True)
+    with pytest.raises(ModuleNotFoundError):  # a broken install of our own code surfaces
+        evaluate(nets, model_tasks, {"needs": NeedsPackage("paramsim.nosuch")}, splits)
+
+
+def test_wrong_similarity_shape_raises(setup):
     nets, model_tasks, splits = setup
 
     class Wrong(FlatMethod):
         def similarity(self, networks, context):
             return np.zeros((2, 2))
 
-    res = evaluate(nets, model_tasks, {"wrong": Wrong()}, splits)
-    assert "shape" in res["skipped"]["wrong"]
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(nets, model_tasks, {"wrong": Wrong()}, splits)
+
+
+def test_check_reason_is_a_skip_unless_strict(setup):
+    nets, model_tasks, splits = setup
+    res = evaluate(nets, model_tasks, {"cnn": NeedsCNN()}, splits)
+    assert res["skipped"] == {"cnn": "needs convolutional networks"}
+    with pytest.raises(ParamsimError, match="needs convolutional"):
+        evaluate(nets, model_tasks, {"cnn": NeedsCNN()}, splits, strict=True)
 
 
 def test_mismatched_inputs(setup):
@@ -144,40 +184,17 @@ def test_mismatched_inputs(setup):
         evaluate(nets[:-1], model_tasks, [FlatMethod()], splits)
 
 
-def test_registry_and_names(monkeypatch):
-    protocol.register_method("flat-test", FlatMethod)
-    try:
-        assert "flat-test" in protocol.known_method_names()
-        assert isinstance(protocol.resolve_method("flat-test"), FlatMethod)
-        assert protocol.parse_method_names("flat-test, lps") == ["flat-test", "lps"]
-        with pytest.raises(ParamsimError, match="unknown method"):
-            protocol.parse_method_names("flat-test,nosuch")
-        with pytest.raises(ParamsimError, match="twice"):
-            protocol.parse_method_names("flat-test,flat-test")
-    finally:
-        protocol.unregister_method("flat-test")
-
-
-def test_lps_unavailable_gives_reason(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "paramsim.lps", None)  # makes the import fail
-    monkeypatch.delitem(protocol._FACTORIES, "lps", raising=False)
-    assert "lps" in protocol.known_method_names()
-    reason = protocol.resolve_method("lps")
-    assert isinstance(reason, str) and "not available" in reason
-
-
-def test_evaluate_zoo_with_registered_methods():
-    protocol.register_method("flat-test", FlatMethod)
-    protocol.register_method("absent-test", lambda: "needs a package that is not installed")
-    try:
-        res = protocol.evaluate_zoo(FakeZoo(), "absent-test,flat-test", n_splits=2, seed=5)
-    finally:
-        protocol.unregister_method("flat-test")
-        protocol.unregister_method("absent-test")
+def test_evaluate_zoo_takes_method_objects_and_reports_skipped_names():
+    res = evaluate_zoo(
+        FakeZoo(),
+        [FlatMethod()],
+        n_splits=2,
+        seed=5,
+        skipped={"absent-test": "needs a package that is not installed"},
+        order=["absent-test", "flat-test"],
+    )
     assert res["zoo"] == "fake-zoo" and res["splits"] == 2 and res["seed"] == 5
-    assert "flat-test" in res["methods"]
+    assert res["methods"]["flat-test"]["map"]["mean"] > 0.95
     assert res["skipped"] == {"absent-test": "needs a package that is not installed"}
     assert res["method_order"] == ["absent-test", "flat-test"]
 
@@ -198,9 +215,9 @@ class DuckLearned:
 
 def test_adapter_wraps_duck_typed_learned_methods(setup):
     nets, model_tasks, splits = setup
-    m = protocol.as_method(DuckLearned(), "duck")
+    m = as_method(DuckLearned(), "duck")
     assert m.learned and m.weights_only and m.name == "duck"
-    res = evaluate(nets, model_tasks, {"duck": m}, splits, on_error="raise")
+    res = evaluate(nets, model_tasks, {"duck": m}, splits, strict=True)
     flat = evaluate(nets, model_tasks, [FlatMethod()], splits)["methods"]["flat-test"]
     assert res["methods"]["duck"]["map"]["mean"] == pytest.approx(flat["map"]["mean"])
     assert m.obj.seen_val is None  # the prototype stayed unfitted; copies were fitted
@@ -221,7 +238,15 @@ class DuckNoVal:
 def test_adapter_without_val_trains_on_validation_tasks(setup):
     nets, model_tasks, splits = setup
     DuckNoVal.fits.clear()
-    evaluate(nets, model_tasks, {"duck": protocol.as_method(DuckNoVal(), "duck")}, splits)
+    evaluate(nets, model_tasks, {"duck": as_method(DuckNoVal(), "duck")}, splits)
     _, tasks = index_tasks(model_tasks)
     for sp, fit in zip(splits, DuckNoVal.fits, strict=True):
         assert fit == {tasks[t] for t in sp.train_tasks + sp.val_tasks}
+
+
+def test_a_task_with_its_sides_swapped_is_the_same_task():
+    from paramsim.data import Task
+
+    a, flipped, other = Task(((0,), (1,))), Task(((1,), (0,))), Task(((2,), (3,)))
+    labels, tasks = index_tasks([a, flipped, other, a])
+    assert labels.tolist() == [0, 0, 1, 0] and tasks == [a, other]

@@ -6,8 +6,7 @@ import pytest
 from eval_helpers import FlatMethod, NoiseMethod
 
 from paramsim import atomic
-from paramsim.eval import report
-from paramsim.eval.protocol import evaluate, index_tasks, make_splits
+from paramsim.eval import evaluate, index_tasks, make_splits, report
 
 
 @pytest.fixture(scope="module")

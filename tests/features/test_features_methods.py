@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.lps.helpers import pad_hidden
 from torch import nn
 
 from paramsim.data import Dataset
@@ -114,10 +115,14 @@ def test_cross_width_and_cross_kind_rules() -> None:
     deep = _nets(ArchSpec("mlp", (1, 4, 4), (7, 6, 5)), 2)
     cnn = _nets(ArchSpec("cnn", (1, 4, 4), (3,)), 2)
     mixed = narrow + wide
+    twin = pad_hidden(narrow[0], 0, 4)  # wider, same function
     for name in ["gram1", "chain", "e2e", "probes"]:
         m = get_method(name)
         assert m.check(mixed) is None, name
         assert m.similarity(mixed).shape == (4, 4)
+        # across widths the similarity means something: the wider twin is the same model
+        S = m.similarity([narrow[0], twin, *wide], Context(seed=0))
+        assert S[0, 1] > 0.9999 and S[0, 2:].max() < 0.999, name
     for name in ["flat", "match"]:
         assert "one architecture" in get_method(name).check(mixed)
         with pytest.raises(ParamsimError, match="one architecture"):

@@ -47,3 +47,15 @@ def rescale_hidden(net: Network, layer: int, scale: torch.Tensor) -> Network:
     )
     layers[layer + 1] = Layer(b.kind, b.weight * inv, b.bias, b.padding, b.post)
     return Network(tuple(layers), net.input_shape, net.input_ops)
+
+
+def pad_hidden(net: Network, layer: int, extra: int) -> Network:
+    """The same function with `extra` dead units added to hidden layer `layer` (zero weights
+    in and out, zero bias): a wider network that computes exactly what `net` does."""
+    layers = list(net.layers)
+    a, b = layers[layer], layers[layer + 1]
+    w_in = torch.cat([a.weight, torch.zeros(extra, *a.weight.shape[1:])])
+    w_out = torch.cat([b.weight, torch.zeros(b.weight.shape[0], extra, *b.weight.shape[2:])], 1)
+    layers[layer] = Layer(a.kind, w_in, torch.cat([a.bias, torch.zeros(extra)]), a.padding, a.post)
+    layers[layer + 1] = Layer(b.kind, w_out, b.bias, b.padding, b.post)
+    return Network(tuple(layers), net.input_shape, net.input_ops)

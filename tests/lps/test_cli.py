@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from paramsim.cli import main
 
@@ -36,7 +37,8 @@ def test_fit_embed_index_search(tiny_zoo, tmp_path, capsys):
     args = ["compare", str(a), str(b), "--model", str(model), "--zoo", str(tiny_zoo)]
     assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
-    assert -1.0 <= float(out[0]) <= 1.0
+    # the printed score is the cosine of the two models' embeddings (zoo models 0 and 8)
+    assert float(out[0]) == pytest.approx(float(emb[0] @ emb[8]), abs=5e-5)
     assert out[1].startswith("nearest tasks to") and out[1].split(": ", 1)[1].startswith("0 vs 1")
 
 

@@ -11,7 +11,7 @@ from tests.lps.helpers import random_mlp
 
 from paramsim.data import Task
 from paramsim.errors import ParamsimError
-from paramsim.lps import LPS, FitConfig, LPSConfig, filter_extra, retrieval_map
+from paramsim.lps import LPS, FitConfig, LPSConfig, LPSNet, filter_extra, retrieval_map
 from paramsim.weights import Layer, Network
 
 FAST = FitConfig(epochs=3, patience=5, tasks_per_batch=4, models_per_task=3, min_batches=1)
@@ -82,12 +82,22 @@ def test_same_seed_same_weights(fitted):
     assert not torch.equal(other.net.probes_raw, model.net.probes_raw)
 
 
+def _state_differs(a, b) -> bool:
+    return any(not torch.equal(v, b[k]) for k, v in a.items())
+
+
 @pytest.mark.parametrize("loss", ["multisim", "ce"])
 def test_other_losses_train(loss):
     nets, tasks = proto_zoo(4, 3)
-    fc = FitConfig(**{**FAST.to_dict(), "loss": loss, "epochs": 1, "val_fraction": 0.0})
-    model = LPS(CFG, fc).fit(nets, tasks)
+    base = {**FAST.to_dict(), "epochs": 1, "val_fraction": 0.0}
+    model = LPS(CFG, FitConfig(**{**base, "loss": loss})).fit(nets, tasks)
     assert np.isfinite(model.meta["history"][-1]["loss"])
+    # training moved the weights away from the start fit begins from (the same seed) ...
+    start = LPSNet(CFG, seed=FAST.seed).state_dict()
+    assert _state_differs(model.net.state_dict(), start)
+    # ... and the loss option is obeyed: the default loss ends somewhere else
+    supcon = LPS(CFG, FitConfig(**base)).fit(nets, tasks)
+    assert _state_differs(model.net.state_dict(), supcon.net.state_dict())
 
 
 def test_unknown_loss_is_a_clear_error():
@@ -163,7 +173,16 @@ def test_relation_loss_rewards_ordered_relations_and_is_flat_at_its_target():
 
 def test_relation_loss_and_sign_invariant_config_train():
     nets, tasks = proto_zoo(4, 3)
-    fc = FitConfig(**{**FAST.to_dict(), "relation_weight": 1.0})
+    base = {**FAST.to_dict(), "val_fraction": 0.0}
     cfg = LPSConfig(emb_dim=16, rank=16, n_probes=8, sign_invariant=True, probe_sign_invariant=True)
-    model = LPS(cfg, FitConfig.from_dict({**fc.to_dict(), "val_fraction": 0.0})).fit(nets, tasks)
+    model = LPS(cfg, FitConfig(**{**base, "relation_weight": 1.0})).fit(nets, tasks)
     assert np.isfinite(model.meta["history"][-1]["loss"])
+    plain = LPS(cfg, FitConfig(**base)).fit(nets, tasks)
+    assert _state_differs(model.net.state_dict(), plain.net.state_dict())  # the term acts
+    # the trained sign-invariant model still ignores which output unit holds a class
+    last = nets[0].layers[-1]
+    swapped = Layer(last.kind, last.weight.flip(0), last.bias.flip(0), post=last.post)
+    twin = Network((*nets[0].layers[:-1], swapped), nets[0].input_shape, nets[0].input_ops)
+    e = model.embed([nets[0], twin, nets[-1]])
+    np.testing.assert_allclose(e[0], e[1], atol=2e-5)
+    assert float(e[0] @ e[2]) < 0.999  # while a model of another task still differs

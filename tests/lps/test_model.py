@@ -7,11 +7,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.lps.helpers import random_cnn, random_mlp, rescale_hidden
+from tests.lps.helpers import pad_hidden, random_cnn, random_mlp, rescale_hidden
 
 from paramsim.errors import ParamsimError
 from paramsim.lps import LPSConfig, LPSNet
-from paramsim.weights import permute_hidden
+from paramsim.weights import Layer, Network, permute_hidden
 
 NETS = {
     "lps": LPSNet(LPSConfig(probe_gram=True), seed=1),
@@ -78,6 +78,21 @@ def test_different_widths_and_cnns_share_one_space():
     e = NETS["lps"].embed(nets)
     assert e.shape == (3, 128)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    # one space: a wider twin computing the same function (dead units added) lands on the
+    # same point as the original, at any depth, while another model does not
+    for net in nets[:2]:
+        twin = pad_hidden(net, 0, 5)
+        got = NETS["lps"].embed([net, twin, random_mlp((16, 2), 7)])
+        assert float(got[0] @ got[1]) > 0.9999 and float(got[0] @ got[2]) < 0.99
+    # the function branch puts a CNN and the MLP it equals (one conv spanning the whole
+    # input) on the same point; no model's embedding depends on the others in the batch
+    mlp = nets[0]
+    first = mlp.layers[0]
+    conv = Layer("conv", first.weight.reshape(16, 1, 8, 8), first.bias, 0, ("relu", "gap"))
+    as_cnn = Network((conv, mlp.layers[1]), mlp.input_shape, ())
+    got = NETS["noweights"].embed([mlp, as_cnn])
+    assert float(got[0] @ got[1]) > 0.9999
+    np.testing.assert_array_equal(NETS["lps"].embed(nets[2:]), e[2:])
 
 
 def test_probes_stay_in_data_range_and_get_gradients():

@@ -1,6 +1,5 @@
 import importlib
 import json
-import time
 
 import pytest
 
@@ -67,13 +66,14 @@ def test_reproduce_quick_and_cached(use_zoo, tmp_path):
         assert part in readme
     for path in ("eval/results.json", "relate/gram1/map.png", "transfer/transfer.json"):
         assert (out / path).is_file()
-    t0 = time.perf_counter()
+    first = json.loads((out / "timings.json").read_text())
     again: list[str] = []
     reproduce(out, use_zoo.path, ReproduceConfig.quick(), again.append)
-    assert time.perf_counter() - t0 < 5
+    # every stage is reused (how fast that is: benchmarks/bench_reproduce.py)
     assert sum("reusing" in m for m in again) >= 4
     timings = json.loads((out / "timings.json").read_text())
-    assert timings["computed"]["transfer"] >= 0 and "machine" in timings
+    # a reused stage keeps the time of the run that computed it
+    assert timings["computed"]["transfer"] == first["this_run"]["transfer"]
 
 
 def test_reproduce_goes_on_without_lps(use_zoo, tmp_path, monkeypatch):

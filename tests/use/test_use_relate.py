@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import spearmanr
 
 from paramsim.data import relation_matrix
 from paramsim.errors import ParamsimError
@@ -28,7 +29,9 @@ def test_relate_matches_truth_layout_and_writes_files(use_zoo, tmp_path):
     assert T.shape == (n, n)
     np.testing.assert_allclose(T, T.T)
     np.testing.assert_array_equal(res["relation"], relation_matrix(use_zoo.tasks).numpy())
-    assert np.isfinite(res["spearman"])
+    iu = np.triu_indices(n, k=1)  # rho is the rank correlation of T with the truth
+    want = spearmanr(T[iu], np.asarray(res["relation"])[iu]).statistic
+    assert res["spearman"] == pytest.approx(want)
     sims = [p["similarity"] for p in res["most_related"]]
     assert sims == sorted(sims, reverse=True)
     low = [p["similarity"] for p in res["least_related"]]

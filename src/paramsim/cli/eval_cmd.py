@@ -17,6 +17,7 @@ from paramsim.cli.common import (
     set_seed,
     set_threads,
 )
+from paramsim.errors import ParamsimError
 
 MAX_SPLITS = 1000  # a typo must not start a run of days
 
@@ -44,11 +45,25 @@ MAX_SPLITS = 1000  # a typo must not start a run of days
 )
 @overwrite_option
 @click.option(
+    "--holdout",
+    type=click.Choice(["tasks", "classes"]),
+    default="tasks",
+    show_default=True,
+    help="What a split holds out: tasks (new tasks of known classes) or classes (every task "
+    "touching --classes held-out classes; learned methods never see those classes).",
+)
+@click.option(
+    "--classes",
+    "n_classes_out",
+    type=click.IntRange(1),
+    default=None,
+    help="Held-out classes per split with --holdout classes (default: a fifth, 2 of 10).",
+)
+@click.option(
     "--test-fraction",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.4,
-    show_default=True,
-    help="Fraction of tasks held out per split.",
+    default=None,
+    help="Fraction of tasks held out per split with --holdout tasks [default: 0.4].",
 )
 @click.option(
     "--queries",
@@ -85,7 +100,9 @@ def eval_command(
     seed: int,
     out_dir: Path,
     overwrite: bool,
-    test_fraction: float,
+    holdout: str,
+    n_classes_out: int | None,
+    test_fraction: float | None,
     n_queries: int | None,
     seen_fraction: float,
     strict: bool,
@@ -95,39 +112,31 @@ def eval_command(
     quiet: bool,
 ) -> None:
     """Evaluate similarity methods on the models of ZOO (a directory from `paramsim zoo build`)."""
-    from paramsim.eval.protocol import method_overrides, open_zoo, parse_method_names
+    from paramsim.eval.on_zoo import evaluate_zoo, extra_from_zoo
     from paramsim.eval.report import format_table, write_report
-    from paramsim.use.models import open_zoo as open_model_zoo
+    from paramsim.methods import make_methods, parse_method_names
+    from paramsim.zoo import open_zoo
 
     check_output_dir(out_dir, EVAL_OUTPUT, overwrite)  # first: the cheapest refusal
+    if holdout == "tasks" and n_classes_out is not None:
+        raise ParamsimError("--classes goes with --holdout classes; add it or drop --classes")
+    if holdout == "classes" and test_fraction is not None:
+        raise ParamsimError(
+            "--test-fraction goes with --holdout tasks; with --holdout classes use --classes"
+        )
+    split_options = {"n_queries": n_queries, "seen_fraction": seen_fraction}
+    if holdout == "tasks":
+        split_options["test_fraction"] = 0.4 if test_fraction is None else test_fraction
+    else:
+        split_options["n_classes_out"] = n_classes_out
     names = parse_method_names(methods)
     store = open_zoo(zoo)
-    extras = [str(open_model_zoo(e).path) for e in extra_zoo]
-    overrides = _lps_with_extra_zoo(extras) if extras else {}
+    extra = extra_from_zoo(extra_zoo) if extra_zoo else None
+    made, unavailable = make_methods(names)
+    if unavailable and strict:
+        raise ParamsimError(next(iter(unavailable.values())))
     set_threads(threads)
     set_seed(seed)
-    split_options = {
-        "test_fraction": test_fraction,
-        "n_queries": n_queries,
-        "seen_fraction": seen_fraction,
-    }
-    with atomic_dir(out_dir, EVAL_OUTPUT, overwrite) as tmp, method_overrides(overrides):
-        results = _run(store, names, n_splits, seed, quiet, split_options, strict, fixed_per_split)
-        results["zoo"] = zoo.resolve().name
-        results["extra_zoo"] = extras
-        written = write_report(results, tmp)
-    click.echo(format_table(results))
-    for name, reason in results["skipped"].items():
-        click.echo(f"skipped {name}: {reason}", err=True)
-    click.echo(
-        f"{len(names)} methods x {n_splits} splits in {results['wall_seconds']:.1f} s; "
-        f"wrote {', '.join(sorted(written))} to {out_dir}"
-    )
-
-
-def _run(store, names, n_splits, seed, quiet, split_options, strict, fixed_per_split) -> dict:
-    """evaluate_zoo with a progress bar (on stderr unless quiet) and the wall time."""
-    from paramsim.eval.protocol import evaluate_zoo
 
     bar = None
     if not quiet:
@@ -141,29 +150,36 @@ def _run(store, names, n_splits, seed, quiet, split_options, strict, fixed_per_s
             bar.update(1)
 
     started = time.perf_counter()
-    try:
-        results = evaluate_zoo(
-            store,
-            names,
-            n_splits=n_splits,
-            seed=seed,
-            progress=progress,
-            split_options=split_options,
-            on_error="raise" if strict else "skip",
-            fixed_mode="heldout" if fixed_per_split else "all",
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    results["wall_seconds"] = time.perf_counter() - started
-    return results
-
-
-def _lps_with_extra_zoo(extras: list[str]) -> dict:
-    """Every LPS variant, its fits also training on the models of `extras`."""
-    from paramsim.lps import LPS_METHODS, LPSMethod
-
-    return {v: (lambda v=v: LPSMethod(v, extra_zoo=extras)) for v in LPS_METHODS}
+    with atomic_dir(out_dir, EVAL_OUTPUT, overwrite) as tmp:
+        try:
+            results = evaluate_zoo(
+                store,
+                made,
+                n_splits=n_splits,
+                seed=seed,
+                skipped=unavailable,
+                order=names,
+                progress=progress,
+                split_options=split_options,
+                holdout=holdout,
+                strict=strict,
+                extra=extra,
+                fixed_mode="heldout" if fixed_per_split else "all",
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        results["zoo"] = zoo.resolve().name
+        results["extra_zoo"] = [str(Path(e).resolve()) for e in extra_zoo]
+        results["wall_seconds"] = time.perf_counter() - started
+        written = write_report(results, tmp)
+    click.echo(format_table(results))
+    for name, reason in results["skipped"].items():
+        click.echo(f"skipped {name}: {reason}", err=True)
+    click.echo(
+        f"{len(names)} methods x {n_splits} splits in {results['wall_seconds']:.1f} s; "
+        f"wrote {', '.join(sorted(written))} to {out_dir}"
+    )
 
 
 def register(cli: click.Group) -> None:

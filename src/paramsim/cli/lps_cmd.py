@@ -66,8 +66,8 @@ def register(cli: click.Group) -> None:
         """Train the LPS similarity network on the models of ZOO and save it to --out."""
         from tqdm import tqdm
 
-        from paramsim.lps import LPS, VARIANTS, FitConfig, LPSConfig
-        from paramsim.use.models import open_zoo
+        from paramsim.lps import LPS, VARIANTS, LPSConfig, variant_configs
+        from paramsim.zoo import open_zoo
 
         if method is not None and variant is not None:
             raise ParamsimError("give --method once (--variant is its old spelling)")
@@ -81,13 +81,9 @@ def register(cli: click.Group) -> None:
         set_seed(seed)
         z = open_zoo(zoo)
         extras = [open_zoo(e) for e in extra_zoo]
-        cfg_kw, fit_kw = VARIANTS[method]
-        fc = {**FitConfig().to_dict(), **fit_kw, "seed": seed, "val_fraction": val_fraction}
-        if epochs is not None:
-            fc["epochs"] = epochs
-        if loss is not None:
-            fc["loss"] = loss
-        fit_config = FitConfig.from_dict(fc)
+        cfg_kw, fit_config = variant_configs(
+            method, seed=seed, val_fraction=val_fraction, epochs=epochs, loss=loss
+        )
         with atomic_dir(out, FIT_OUTPUT, overwrite) as tmp:
             nets = z.networks()
             tasks = [r.task for r in z.records]
@@ -167,7 +163,8 @@ def register(cli: click.Group) -> None:
     def index_build(zoo, model_dir, out, overwrite, fp16, seed, threads, quiet):
         """Embed every model of ZOO with the LPS model and store a cosine index."""
         from paramsim.index import EmbeddingIndex
-        from paramsim.use.models import open_zoo, resolve_models
+        from paramsim.use.models import resolve_models
+        from paramsim.zoo import open_zoo
 
         check_output_dir(out, INDEX_OUTPUT, overwrite)  # first: the cheapest refusal
         set_threads(threads)

@@ -43,7 +43,7 @@ MAX_SPLITS = 1000
 
 
 def _names(text: str | None) -> list[str]:
-    from paramsim.eval.protocol import parse_method_names
+    from paramsim.methods import parse_method_names
 
     return parse_method_names(text) if text else []
 
@@ -63,7 +63,7 @@ def _similarities(model_dir: Path | None, methods: str | None) -> dict:
 
 
 def _open(zoo: Path):
-    from paramsim.eval.protocol import open_zoo
+    from paramsim.zoo import open_zoo
 
     return open_zoo(zoo)
 

@@ -40,7 +40,7 @@ def zoo() -> None:
 @quiet_option
 def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_size, threads, quiet):
     """Train the models of RECIPE (a name or a .toml file) into OUT; reruns resume."""
-    from paramsim.zoo import Zoo, build_zoo, load_recipe
+    from paramsim.zoo import build_zoo, load_recipe, open_zoo
 
     set_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -50,7 +50,7 @@ def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_siz
     )
     start = time.perf_counter()
     build_zoo(rec, out, seed=seed, device=device, data_dir=data_dir, progress=not quiet)
-    s = Zoo(out).summary()
+    s = open_zoo(out).summary()
     if not quiet:
         acc = s["test_acc"]
         click.echo(
@@ -66,9 +66,9 @@ def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_siz
 @click.option("--verify", is_flag=True, help="Also check every shard's checksum.")
 def info(directory, as_json, verify):
     """Summarise a zoo: tasks, models, architectures, accuracy spread."""
-    from paramsim.zoo import Zoo
+    from paramsim.zoo import open_zoo
 
-    z = Zoo(directory)
+    z = open_zoo(directory)
     s = z.summary()
     if verify:
         s["damaged_shards"] = z.verify()
@@ -99,9 +99,9 @@ def info(directory, as_json, verify):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help=".safetensors or .pt")
 def export(directory, model_id, out):
     """Write one model as a plain PyTorch state_dict (and its spec as OUT.json)."""
-    from paramsim.zoo import Zoo
+    from paramsim.zoo import open_zoo
 
-    z = Zoo(directory)
+    z = open_zoo(directory)
     rec = z.record(model_id)
     sd = z.state_dict(model_id)
     path = Path(out)

@@ -62,6 +62,31 @@ class Task:
         return cls(sides)  # type: ignore[arg-type]
 
 
+TaskKey = tuple[tuple[int, ...], ...]
+
+
+def task_key(task: Task) -> TaskKey:
+    """A task's identity regardless of output order: {a} vs {b} and {b} vs {a} ask the same
+    question, so every "is this the same task" test in paramsim compares these keys."""
+    return tuple(sorted(tuple(sorted(s)) for s in task.sides))
+
+
+def canonical_name(task: Task | str) -> str:
+    """The side-order-free name of a task ("1+2+3 vs 5+7"), the form a saved LPS model records
+    its training tasks in. A display name ("5+7 vs 1+2+3") is read back into its key first;
+    a string that is not a task name comes back unchanged."""
+    if isinstance(task, str):
+        try:
+            key = tuple(
+                sorted(tuple(sorted(int(c) for c in s.split("+"))) for s in task.split(" vs "))
+            )
+        except ValueError:
+            return task
+    else:
+        key = task_key(task)
+    return " vs ".join("+".join(map(str, side)) for side in key)
+
+
 def pair_tasks(n_classes: int, which: str | Iterable[str] = "all") -> list[Task]:
     """Class-pair tasks: every pair, the disjoint pairs (2i, 2i+1), or a given list."""
     if which == "all":

@@ -1,4 +1,6 @@
-"""Evaluation: task splits, metrics on similarity matrices, the protocol and its report."""
+"""Evaluation: task splits (`splits`), metrics on similarity matrices (`metrics`), scores of a
+split (`scoring`), the loop over methods and splits (`protocol`), the same on a zoo
+(`on_zoo`) and the report (`report`)."""
 
 from paramsim.eval.metrics import (
     RetrievalScores,
@@ -9,20 +11,10 @@ from paramsim.eval.metrics import (
     task_similarity,
     verification_auc,
 )
-from paramsim.eval.protocol import (
-    Split,
-    evaluate,
-    evaluate_zoo,
-    index_tasks,
-    known_method_names,
-    make_splits,
-    open_zoo,
-    parse_method_names,
-    register_method,
-    resolve_method,
-    unregister_method,
-)
+from paramsim.eval.on_zoo import evaluate_zoo
+from paramsim.eval.protocol import evaluate
 from paramsim.eval.report import format_table, write_report
+from paramsim.eval.splits import Split, index_tasks, make_class_splits, make_splits
 
 __all__ = [
     "RetrievalScores",
@@ -33,16 +25,11 @@ __all__ = [
     "evaluate_zoo",
     "format_table",
     "index_tasks",
-    "known_method_names",
+    "make_class_splits",
     "make_splits",
-    "open_zoo",
-    "parse_method_names",
-    "register_method",
     "relation_spearman",
-    "resolve_method",
     "retrieval",
     "task_similarity",
-    "unregister_method",
     "verification_auc",
     "write_report",
 ]

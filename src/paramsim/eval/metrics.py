@@ -6,7 +6,8 @@ Ties. A method may give equal scores (constant similarity, duplicated models), a
 must not reward it for the order in which numpy happens to sort them:
 
 - average precision follows scikit-learn's `average_precision_score`: tied scores form one
-  threshold, so their relevant and irrelevant items enter precision together;
+  threshold, so their relevant and irrelevant items enter precision together (the one
+  definition in `paramsim.ranking`, which LPS early stopping uses too);
 - CMC rank-k is the expectation over a uniformly random order of tied items (a constant
   similarity scores chance, neither 0 nor 1);
 - NaN scores rank below every number (a broken method scores badly instead of crashing).
@@ -18,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from paramsim.ranking import average_precision
+from paramsim.ranking import clean_scores as _clean
 
 RANKS = (1, 5, 10)
 
@@ -35,30 +39,6 @@ class RetrievalScores:
         if len(self.cmc) == 0:
             return float("nan")
         return float(self.cmc[min(k, len(self.cmc)) - 1])
-
-
-def _clean(scores: np.ndarray) -> np.ndarray:
-    s = np.asarray(scores, dtype=np.float64)
-    return np.where(np.isnan(s), -np.inf, s)
-
-
-def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
-    """AP of one ranked list, equal to sklearn's `average_precision_score(relevant, scores)`.
-
-    Tied scores are one threshold: precision there counts the whole tied block.
-    """
-    rel = np.asarray(relevant, dtype=bool)
-    if not rel.any():
-        return float("nan")
-    s = _clean(scores)
-    order = np.argsort(-s, kind="stable")
-    s, rel = s[order], rel[order]
-    # last index of each block of equal scores
-    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-    tp = np.cumsum(rel)[ends]
-    precision = tp / (ends + 1)
-    recall_step = np.diff(np.r_[0, tp]) / tp[-1]
-    return float(np.sum(recall_step * precision))
 
 
 def first_hit_cmc(scores: np.ndarray, relevant: np.ndarray, max_rank: int) -> np.ndarray:

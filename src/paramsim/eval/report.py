@@ -93,11 +93,20 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         if p.get("all_vs_all")
         else f"{p.get('n_query')} queries against a gallery of {p.get('n_gallery')}"
     )
+    kind = "task"
+    if p.get("holdout") == "classes":
+        kind = "class"
+        held = [d.get("heldout_classes", []) for d in results.get("split_details", [])]
+        query += (
+            f"; held-out tasks are those touching {p.get('n_heldout_classes')} held-out "
+            f"classes ({', '.join('+'.join(map(str, h)) for h in held)} per split), and no "
+            "training or validation task touches them"
+        )
     parts = [
         f"# Evaluation of {results.get('zoo') or 'models'}",
         "",
         f"{results.get('n_models')} models on {results.get('n_tasks')} tasks; "
-        f"{results.get('splits')} random task splits ({seeds}); per split "
+        f"{results.get('splits')} random {kind} splits ({seeds}); per split "
         f"{p.get('n_train_tasks')} training, {p.get('n_val_tasks')} validation and "
         f"{p.get('n_test_tasks')} held-out tasks; {query}. "
         "Values are mean ± standard deviation over splits; seconds are the method's total "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from paramsim.errors import ParamsimError
-from paramsim.features.base import Context, Method, cosine_matrix
+from paramsim.features.base import Context, Method, cosine_matrix, embed_jointly
 from paramsim.features.function import (
     CKAMethod,
     OutputsMethod,
@@ -20,30 +20,14 @@ from paramsim.features.function import (
 from paramsim.features.gram import ChainMethod, E2EMethod, Gram1Method, chain_maps
 from paramsim.features.match import MatchMethod
 from paramsim.features.simple import FlatMethod, StatsMethod
-
-_REGISTRY: dict[str, type[Method]] = {
-    "flat": FlatMethod,
-    "stats": StatsMethod,
-    "gram1": Gram1Method,
-    "chain": ChainMethod,
-    "e2e": E2EMethod,
-    "match": MatchMethod,
-    "probes": ProbesMethod,
-    "cka": CKAMethod,
-    "outputs": OutputsMethod,
-}
-FIXED_METHODS: list[str] = list(_REGISTRY)
+from paramsim.methods import FIXED_METHODS, make_method
 
 
 def get_method(name: str, **kwargs: Any) -> Method:
-    """A fixed method by name, with its options as keyword arguments."""
-    cls = _REGISTRY.get(name)
-    if cls is None:
+    """A fixed method by name, with its options as keyword arguments (see paramsim.methods)."""
+    if name not in FIXED_METHODS:
         raise ParamsimError(f"unknown method {name!r}; choose one of {', '.join(FIXED_METHODS)}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ParamsimError(f"bad options for method {name}: {exc}") from exc
+    return make_method(name, **kwargs)
 
 
 __all__ = [
@@ -61,6 +45,7 @@ __all__ = [
     "StatsMethod",
     "chain_maps",
     "cosine_matrix",
+    "embed_jointly",
     "get_method",
     "linear_cka",
     "synthetic_probes",

@@ -72,11 +72,6 @@ def triu(g: torch.Tensor) -> torch.Tensor:
     return g[..., r, c]
 
 
-def unit(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 def same_signature_reason(networks: Sequence[Network], what: str) -> str | None:
     sigs = {n.signature() for n in networks}
     if len(sigs) > 1:

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from paramsim.data import Dataset, Task
+from paramsim.vectors import cosine_matrix
 from paramsim.weights import Network
+
+__all__ = ["Context", "Method", "cosine_matrix", "embed_jointly"]
 
 
 @dataclass
@@ -25,11 +28,17 @@ class Method:
     Embedding methods implement `embed`; similarity is then the cosine of embeddings.
     Pairwise methods (e.g. weight matching) override `similarity` instead. Learned methods
     set `learned = True` and are trained by `fit` on training tasks only.
+
+    `set_dependent` is True when a model's embedding depends on the other models embedded
+    with it (`stats` z-scores over the set; `match` in reference mode aligns to the set's
+    mean). Embeddings of such a method are comparable only within one call, so queries and
+    a gallery must be embedded together: see `embed_jointly`.
     """
 
     name: str = "method"
     weights_only: bool = True
     learned: bool = False
+    set_dependent: bool = False
 
     def check(self, networks: Sequence[Network]) -> str | None:
         """Why this method cannot handle these networks, or None when it can."""
@@ -46,11 +55,20 @@ class Method:
         return cosine_matrix(self.embed(networks, context))
 
 
-def cosine_matrix(emb: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
-    a = _unit(np.asarray(emb, dtype=np.float64))
-    b = a if other is None else _unit(np.asarray(other, dtype=np.float64))
-    return a @ b.T
+def embed_jointly(
+    method: Method,
+    queries: Sequence[Network],
+    gallery: Sequence[Network],
+    context: Context | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of `queries` and `gallery` that may be compared with each other.
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    A set-dependent method embeds the union in one call, so both sides are normalised or
+    aligned against the same set; any other method embeds each side alone (the same result
+    for it, and no work on rows it does not need twice).
+    """
+    context = context or Context()
+    if method.set_dependent:
+        both = np.asarray(method.embed([*queries, *gallery], context))
+        return both[: len(queries)], both[len(queries) :]
+    return np.asarray(method.embed(queries, context)), np.asarray(method.embed(gallery, context))

@@ -19,9 +19,9 @@ from paramsim.features._common import (
     ensure,
     logit_features,
     per_group,
-    unit,
 )
 from paramsim.features.base import Context
+from paramsim.vectors import unit_rows as unit
 from paramsim.weights import Network, NetworkStack
 
 

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from paramsim.errors import ParamsimError
-from paramsim.features._common import FixedMethod, ensure, per_group, triu, unit
+from paramsim.features._common import FixedMethod, ensure, per_group, triu
 from paramsim.features.base import Context
+from paramsim.vectors import unit_rows as unit
 from paramsim.weights import Network, NetworkStack, group_by_signature
 
 

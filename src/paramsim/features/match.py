@@ -116,6 +116,11 @@ class MatchMethod(FixedMethod):
         self.mode, self.sweeps, self.ref_iters = mode, int(sweeps), int(ref_iters)
         self.batch_pairs = int(batch_pairs)
 
+    @property
+    def set_dependent(self) -> bool:  # type: ignore[override]
+        """Reference mode aligns every network to the mean of the set it is given."""
+        return self.mode == "reference"
+
     def check(self, networks: Sequence[Network]) -> str | None:
         sigs = {n.signature() for n in networks}
         if len(sigs) > 1:

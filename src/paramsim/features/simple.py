@@ -55,6 +55,7 @@ class StatsMethod(FixedMethod):
 
     name = "stats"
     weights_only = True
+    set_dependent = True  # z-scores over the networks of one call
 
     def check(self, networks: Sequence[Network]) -> str | None:
         if len(networks) < 3:

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from paramsim.atomic import atomic_path, atomic_write
-from paramsim.data import Task
+from paramsim.data.tasks import Task, canonical_name, task_key
 from paramsim.errors import ParamsimError
 from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig, finite_json
 from paramsim.lps.model import LPSNet
+from paramsim.ranking import all_vs_all_map
 from paramsim.weights import Network, NetworkStack, group_by_signature
 
 ProgressFn = Callable[[dict], None]
@@ -31,27 +32,7 @@ WEIGHTS_FILE = "lps.safetensors"
 
 def retrieval_map(emb: np.ndarray, labels: Sequence[int]) -> float:
     """mAP with every model querying all others by cosine (labels: task per model)."""
-    e = np.asarray(emb, dtype=np.float64)
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-    lab = np.asarray(labels)
-    s = e @ e.T
-    n = len(lab)
-    aps = []
-    for i in range(n):
-        mask = np.arange(n) != i
-        rel = lab[mask] == lab[i]
-        if not rel.any():
-            continue
-        order = np.argsort(-s[i, mask], kind="stable")
-        hits = rel[order]
-        ranks = np.flatnonzero(hits) + 1
-        aps.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
-    return float(np.mean(aps)) if aps else float("nan")
-
-
-def task_key(task: Task) -> tuple:
-    """A task regardless of output order: {a} vs {b} and {b} vs {a} are the same question."""
-    return tuple(sorted(tuple(sorted(s)) for s in task.sides))
+    return all_vs_all_map(emb, np.asarray(labels))
 
 
 def filter_extra(
@@ -405,9 +386,7 @@ class LPS:
             "n_train_tasks": len(keys),
             "n_extra_models": len(keep),
             "n_extra_dropped": len(extra_tasks) - len(keep),
-            "train_tasks": sorted(
-                {" vs ".join("+".join(map(str, s)) for s in k) for k in keys}  # type: ignore
-            ),
+            "train_tasks": sorted({canonical_name(Task(k)) for k in keys}),  # type: ignore
             "val_tasks": sorted({t.name for t in val[1]}) if val is not None else [],
             "fit_seconds": time.perf_counter() - started,
         }

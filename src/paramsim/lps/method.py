@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 
 from paramsim.data import Task
+from paramsim.errors import ParamsimError
 from paramsim.features.base import Context, Method
 from paramsim.lps.config import FitConfig, LPSConfig
 from paramsim.lps.fit import LPS
@@ -37,14 +38,36 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         dict(relation_weight=3.0),
     ),
 }
+
+
+def variant_configs(
+    variant: str,
+    fit_config: FitConfig | None = None,
+    config_overrides: dict | None = None,
+    **fit_overrides,
+) -> tuple[dict, FitConfig]:
+    """The LPSConfig options and the FitConfig of a variant, merged in one order everywhere:
+    defaults (or `fit_config`), then the variant's switches, then the caller's overrides
+    (`fit_overrides` that are None are left out). The LPSConfig itself needs the networks'
+    input shape, so its options come back as a dict."""
+    if variant not in VARIANTS:
+        raise ParamsimError(
+            f"unknown variant {variant!r} of LPS; choose from {', '.join(VARIANTS)}"
+        )
+    cfg_kw, fit_kw = VARIANTS[variant]
+    given = {k: v for k, v in fit_overrides.items() if v is not None}
+    fit = {**(fit_config or FitConfig()).to_dict(), **fit_kw, **given}
+    return {**cfg_kw, **(config_overrides or {})}, FitConfig.from_dict(fit)
+
+
 AUTHORS_MAX_INPUT = 256  # the flattened d x d Gram needs d^2 inputs per embedding unit
 
 
 @lru_cache(maxsize=2)
 def _zoo_training_set(path: str) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
-    from paramsim.zoo import Zoo
+    from paramsim.zoo import open_zoo
 
-    z = Zoo.open(path)
+    z = open_zoo(path)
     return tuple(z.networks()), tuple(z.tasks[int(t)] for t in z.task_ids)
 
 
@@ -67,16 +90,11 @@ class LPSMethod(Method):
         exclude_tasks: Sequence[Task] | None = None,
         **config_overrides,
     ) -> None:
-        if variant not in VARIANTS:
-            from paramsim.errors import ParamsimError
-
-            raise ParamsimError(f"unknown LPS variant {variant!r}; choose from {list(VARIANTS)}")
+        self.config_overrides, self.fit_config = variant_configs(
+            variant, fit_config, config_overrides
+        )
         self.name = variant
         self.variant = variant
-        cfg_kw, fit_kw = VARIANTS[variant]
-        self.config_overrides = {**cfg_kw, **config_overrides}
-        base = fit_config or FitConfig()
-        self.fit_config = FitConfig.from_dict({**base.to_dict(), **fit_kw})
         self.extra_zoo = extra_zoo
         self.exclude_tasks = list(exclude_tasks) if exclude_tasks is not None else None
         self.model: LPS | None = None
@@ -136,8 +154,6 @@ class LPSMethod(Method):
 
     def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
         if self.model is None:
-            from paramsim.errors import ParamsimError
-
             raise ParamsimError(f"{self.name} is not fitted; call fit on training tasks first")
         return self.model.embed(networks)
 
@@ -147,19 +163,3 @@ class LPSMethod(Method):
         new.model = copy.deepcopy(self.model, memo)
         new.config_overrides = dict(self.config_overrides)
         return new
-
-
-def _factory(variant: str) -> Callable[[], Method]:
-    def make() -> Method:
-        return LPSMethod(variant)
-
-    make.__name__ = f"make_{variant.replace('-', '_')}"
-    return make
-
-
-LPS_METHODS: dict[str, Callable[[], Method]] = {v: _factory(v) for v in VARIANTS}
-
-
-def get_method(name: str = "lps") -> Method:
-    """An unfitted LPS method by variant name (what `paramsim eval --methods` resolves)."""
-    return LPSMethod(name)

@@ -27,6 +27,7 @@ from torch import nn
 
 from paramsim.errors import ParamsimError
 from paramsim.lps.config import LPSConfig
+from paramsim.vectors import unit_rows
 from paramsim.weights import Network, NetworkStack, group_by_signature
 
 EPS = 1e-8
@@ -48,7 +49,7 @@ def _signed_sqrt(x: torch.Tensor) -> torch.Tensor:
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    return unit_rows(x, eps=EPS)
 
 
 def _orthogonal_(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

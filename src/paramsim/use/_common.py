@@ -14,6 +14,8 @@ import numpy as np
 
 from paramsim.atomic import atomic_write
 from paramsim.data import Task
+from paramsim.data.tasks import canonical_name
+from paramsim.data.tasks import canonical_name as canonical_task  # noqa: F401 (use.transfer)
 from paramsim.errors import ParamsimError
 from paramsim.eval.report import jsonable
 from paramsim.features.base import Context, Method, cosine_matrix
@@ -24,8 +26,9 @@ from paramsim.weights import Network
 class Similarity:
     """A method ready to compare models, and what it was trained on (None: fixed method).
 
-    `seen_tasks` are the task names (`canonical_task` form) a learned metric trained or
-    early-stopped on; results for those tasks would leak, so held-out evaluations skip them.
+    `seen_tasks` are the task names (`paramsim.data.canonical_name` form) a learned metric
+    trained or early-stopped on; results for those tasks would leak, so held-out evaluations
+    skip them.
     """
 
     name: str
@@ -35,36 +38,26 @@ class Similarity:
     source: str = ""  # how it was obtained, for reports
 
 
-def canonical_task(name: str) -> str:
-    """A task name regardless of side order, in the form a saved LPS model records its
-    training tasks ("5+7 vs 1+2" and "1+2 vs 5+7" are the same question)."""
-    try:
-        sides = sorted(tuple(sorted(int(c) for c in s.split("+"))) for s in name.split(" vs "))
-    except ValueError:
-        return name
-    return " vs ".join("+".join(map(str, s)) for s in sides)
-
-
 def load_similarity(method: str | None = None, model: str | Path | None = None) -> Similarity:
-    """A fixed method by name, an unfitted learned method by name, or a saved LPS model dir."""
-    from paramsim.eval.protocol import as_method, resolve_method
+    """A fixed method by name, an unfitted learned method by name, or a saved LPS model dir.
+
+    A method that needs a missing third-party package raises `MethodUnavailable`.
+    """
+    from paramsim.features.adapter import as_method
+    from paramsim.methods import make_method
 
     if (method is None) == (model is None):
         raise ParamsimError("give either --model DIR (a saved LPS model) or --method NAME")
     if model is not None:
-        try:
-            from paramsim.lps import LPS
-        except Exception as exc:
-            raise ParamsimError(f"paramsim.lps cannot be imported ({exc}); use --method") from exc
+        from paramsim.lps import LPS
+
         lps = LPS.load(model)
         names = [*lps.meta.get("train_tasks", []), *lps.meta.get("val_tasks", [])]
-        seen = {canonical_task(str(n)) for n in names}
+        seen = {canonical_name(str(n)) for n in names}
         wrapped = as_method(lps, "lps")
         wrapped.learned = False  # already fitted: never refit it
         return Similarity("lps", wrapped, True, frozenset(seen), f"saved model {model}")
-    got = resolve_method(method)
-    if isinstance(got, str):
-        raise ParamsimError(f"method {method} cannot run here: {got}")
+    got = make_method(method)
     learned = bool(getattr(got, "learned", False))
     return Similarity(method, got, learned, None, "fixed" if not learned else "unfitted")
 
@@ -82,7 +75,7 @@ def fit_excluding(
         raise ParamsimError("no training tasks left after excluding the held-out ones")
     fitted = copy.deepcopy(sim.method)
     fitted.fit([networks[i] for i in keep], [tasks[i] for i in keep], Context(seed=seed))
-    seen = frozenset(canonical_task(tasks[i].name) for i in keep)
+    seen = frozenset(canonical_name(tasks[i]) for i in keep)
     return Similarity(sim.name, fitted, True, seen, f"fitted on {len(seen)} tasks")
 
 
@@ -96,8 +89,10 @@ def embed_or_none(method: Method, nets: Sequence[Network], context: Context) -> 
 def cross_similarity(
     method: Method, queries: Sequence[Network], gallery: Sequence[Network], context: Context
 ) -> np.ndarray:
-    """(len(queries), len(gallery)) similarity; pairwise-only methods see the joint set."""
-    eq = embed_or_none(method, queries, context)
+    """(len(queries), len(gallery)) similarity. Pairwise-only and set-dependent methods see
+    the joint set (one `similarity` call), so a set-dependent method's queries and gallery
+    are normalised against the same models; others embed each side alone."""
+    eq = None if method.set_dependent else embed_or_none(method, queries, context)
     if eq is not None:
         eg = embed_or_none(method, gallery, context)
         if eg is not None:

@@ -80,8 +80,8 @@ def compare_with_model(
 ) -> tuple[float, list | None]:
     """LPS cosine of checkpoints `a` and `b`; with `zoo`, the zoo tasks nearest to each."""
     from paramsim.lps import LPS
-    from paramsim.use.models import open_zoo
     from paramsim.weights import load
+    from paramsim.zoo import open_zoo
 
     lps = LPS.load(model_dir)
     nets = [load(a, spec), load(b, spec)]

@@ -15,15 +15,6 @@ def is_zoo(path: str | Path) -> bool:
     return p.is_dir() and (p / "registry.sqlite").is_file()
 
 
-def open_zoo(path: str | Path):
-    """The zoo at `path`, or a one-line error saying how to make one."""
-    from paramsim.zoo import Zoo
-
-    if not is_zoo(path):
-        raise ParamsimError(f"{path} is not a zoo directory; build one with `paramsim zoo build`")
-    return Zoo.open(Path(path))
-
-
 @dataclass
 class ModelSet:
     """Networks with their ids, task names ("" when unknown) and the reference they came from."""
@@ -38,6 +29,7 @@ def resolve_models(items: Sequence[str]) -> ModelSet:
     """Every model the references name, in order: a zoo directory gives all its models, `ZOO:ID`
     one of them, a file one checkpoint (ids of files count up from 0 in argument order)."""
     from paramsim.weights import load
+    from paramsim.zoo import open_zoo
 
     out = ModelSet()
     for item in items:

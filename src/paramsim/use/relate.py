@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from paramsim.data import relation_matrix
+from paramsim.data import canonical_name, relation_matrix
 from paramsim.errors import ParamsimError
 from paramsim.eval.metrics import task_similarity
 from paramsim.features.base import Context
 from paramsim.use._common import (
     Similarity,
-    canonical_task,
     figure_png,
     fit_excluding,
     pyplot,
@@ -96,7 +95,7 @@ def relate(zoo, sim: Similarity, seed: int = 0, networks: Sequence | None = None
         sim = fit_excluding(sim, nets, model_tasks, set(), seed)
         note = f"fitted on all {len(tasks)} tasks of the zoo (the map shows seen tasks)"
     elif sim.learned and sim.seen_tasks:
-        seen = len({canonical_task(n) for n in names} & set(sim.seen_tasks))
+        seen = len({canonical_name(t) for t in tasks} & set(sim.seen_tasks))
         note = f"{sim.source}; it trained on {seen} of the {len(tasks)} tasks"
     needs_data = not getattr(sim.method, "weights_only", True)
     context = Context(dataset=zoo.dataset() if needs_data else None, seed=seed)

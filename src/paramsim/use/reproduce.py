@@ -8,14 +8,12 @@ Stages, each cached in the output directory and reused when its settings match:
 4. transfer   OUT/transfer: source selection for few-shot transfer
 5. README     OUT/README.md: tables and pictures, a short results section
 
-LPS is optional: when `paramsim.lps` is missing or a fit fails, every stage goes on with the
-fixed methods and the report says that LPS was skipped and why.
+A method whose third-party package is missing is skipped and the report says why; an error
+inside a method (LPS included) stops the run, so a bug never reads as "skipped".
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from paramsim.errors import ParamsimError
+from paramsim.methods import MethodUnavailable
 from paramsim.use._common import (
     Similarity,
     load_similarity,
@@ -85,17 +84,13 @@ def _lps_similarity(cfg: ReproduceConfig) -> Similarity | str:
     """An unfitted LPS (with the configured epochs), or why it cannot run here."""
     try:
         sim = load_similarity(method="lps")
-    except ParamsimError as exc:
+    except MethodUnavailable as exc:  # a missing third-party package; bugs surface
         return str(exc)
-    except Exception as exc:  # an import or construction error of the optional package
-        return f"{type(exc).__name__}: {exc}"
     if cfg.lps_epochs is not None:
-        obj = getattr(sim.method, "obj", sim.method)
-        fc = getattr(obj, "fit_config", None)
-        if fc is not None:
-            obj.fit_config = type(fc).from_dict(
-                {**fc.to_dict(), "epochs": cfg.lps_epochs, "patience": cfg.lps_epochs}
-            )
+        fc = sim.method.fit_config
+        sim.method.fit_config = type(fc).from_dict(
+            {**fc.to_dict(), "epochs": cfg.lps_epochs, "patience": cfg.lps_epochs}
+        )
     return sim
 
 
@@ -113,7 +108,7 @@ def _similarities(names: Sequence[str], cfg: ReproduceConfig, skipped: dict[str,
         else:
             try:
                 got = load_similarity(method=name)
-            except ParamsimError as exc:
+            except MethodUnavailable as exc:
                 got = str(exc)
         if isinstance(got, str):
             skipped[name] = got
@@ -123,11 +118,11 @@ def _similarities(names: Sequence[str], cfg: ReproduceConfig, skipped: dict[str,
 
 
 def _zoo_stage(out: Path, zoo_dir: Path | None, cfg: ReproduceConfig, say: Say):
-    from paramsim.zoo import Zoo, build_zoo, load_recipe
+    from paramsim.zoo import build_zoo, load_recipe, open_zoo
 
     path = zoo_dir or out / "zoo"
     if (path / "registry.sqlite").is_file():
-        zoo = Zoo.open(path)
+        zoo = open_zoo(path)
         if zoo.summary()["complete"]:
             say(f"zoo: reusing {path} ({len(zoo)} models, {len(zoo.tasks)} tasks)")
             return zoo, 0.0
@@ -139,7 +134,7 @@ def _zoo_stage(out: Path, zoo_dir: Path | None, cfg: ReproduceConfig, say: Say):
     say(f"zoo: building {recipe.name} into {path} (resumes a killed build)")
     t0 = time.perf_counter()
     build_zoo(recipe, path, seed=cfg.zoo_seed, progress=True)
-    return Zoo.open(path), time.perf_counter() - t0
+    return open_zoo(path), time.perf_counter() - t0
 
 
 def _eval_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict:
@@ -161,19 +156,18 @@ def _eval_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict:
         return cached
     say(f"eval: {len(cfg.eval_methods)} methods x {cfg.splits} task splits")
     names = list(cfg.eval_methods)
-    extra_skipped: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    methods = {n: s.method for n, s in _similarities(names, cfg, skipped).items()}
     t0 = time.perf_counter()
-    with _lps_registered(cfg, names, extra_skipped):
-        results = evaluate_zoo(
-            zoo,
-            names,
-            n_splits=cfg.splits,
-            seed=cfg.seed,
-            progress=lambda name, i: say(f"  eval: {name} split {i + 1}/{cfg.splits} done"),
-        )
-    results["skipped"] = {**extra_skipped, **results.get("skipped", {})}
-    order = list(results.get("method_order") or results["methods"])
-    results["method_order"] = order + [n for n in extra_skipped if n not in order]
+    results = evaluate_zoo(
+        zoo,
+        methods,
+        n_splits=cfg.splits,
+        seed=cfg.seed,
+        skipped=skipped,
+        order=names,
+        progress=lambda name, i: say(f"  eval: {name} split {i + 1}/{cfg.splits} done"),
+    )
     results["zoo"] = Path(zoo.path).name
     results["wall_seconds"] = time.perf_counter() - t0
     results["settings_key"] = key
@@ -181,33 +175,6 @@ def _eval_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict:
     for name, reason in results["skipped"].items():
         say(f"eval: skipped {name}: {reason}")
     return read_cached(out / "eval" / "results.json", key) or results
-
-
-@contextlib.contextmanager
-def _lps_registered(cfg: ReproduceConfig, names: list[str], skipped: dict[str, str]):
-    """Within the block, the name "lps" resolves to LPS with the configured epochs."""
-    from paramsim.eval.protocol import register_method, unregister_method
-
-    if "lps" not in names or cfg.lps_epochs is None:
-        yield
-        return
-    got = _lps_similarity(cfg)
-    if isinstance(got, str):
-        names.remove("lps")
-        skipped["lps"] = got
-        yield
-        return
-    register_method("lps", lambda: copy.deepcopy(got.method))
-    try:
-        yield
-    finally:
-        unregister_method("lps")
-        try:  # give the name back to the package's own factory
-            from paramsim.lps import LPS_METHODS
-
-            register_method("lps", LPS_METHODS["lps"])
-        except Exception:
-            pass
 
 
 def _zoo_id(zoo) -> dict:

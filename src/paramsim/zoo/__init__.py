@@ -3,7 +3,7 @@
 from paramsim.weights.arch import ArchSpec
 from paramsim.zoo.build import build_zoo
 from paramsim.zoo.recipes import RECIPES, Recipe, load_recipe
-from paramsim.zoo.store import ModelRecord, Zoo
+from paramsim.zoo.store import ModelRecord, Zoo, open_zoo
 from paramsim.zoo.trainer import ModelPlan, train_one, train_stacked
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Zoo",
     "build_zoo",
     "load_recipe",
+    "open_zoo",
     "train_one",
     "train_stacked",
 ]

@@ -97,6 +97,19 @@ def connect(directory: Path) -> sqlite3.Connection:
     return conn
 
 
+def open_zoo(directory: str | Path) -> Zoo:
+    """The one way every command and library function opens a zoo: a missing path, a file,
+    or a directory without a registry is a one-line ParamsimError that says how to build one."""
+    path = Path(directory)
+    if not path.exists():
+        raise ParamsimError(
+            f"{path} is not a zoo: it does not exist; build one with `paramsim zoo build`"
+        )
+    if not path.is_dir():
+        raise ParamsimError(f"{path} is not a zoo: it is a file; give the zoo's directory")
+    return Zoo(path)
+
+
 class Zoo:
     """Read access to a built zoo."""
 
@@ -111,7 +124,8 @@ class Zoo:
 
     @classmethod
     def open(cls, directory: str | Path) -> Zoo:
-        return cls(directory)
+        """Same as `open_zoo(directory)`."""
+        return open_zoo(directory)
 
     def _query(self, sql: str, args: Sequence = ()) -> list[tuple]:
         try:
