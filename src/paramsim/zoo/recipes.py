@@ -228,6 +228,16 @@ class Recipe:
     def with_overrides(self, **kw) -> Recipe:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
+    def task_count(self, n_classes: int) -> int:
+        """How many tasks `tasks` names, known before any are drawn."""
+        if self.tasks == "all":
+            return n_classes * (n_classes - 1) // 2
+        if self.tasks == "disjoint":
+            return n_classes // 2
+        if self.tasks.startswith("groups:"):
+            return int(self.tasks.split(":", 1)[1])
+        return len(self.tasks.split(","))
+
     def task_list(self, n_classes: int, seed: int) -> list[Task]:
         if self.tasks.startswith("groups:"):
             return group_tasks(n_classes, int(self.tasks.split(":", 1)[1]), seed=seed)
@@ -261,14 +271,15 @@ class Recipe:
 
     def plan(self, n_classes: int, input_shape, seed: int) -> tuple[list[Task], list[ModelPlan]]:
         """Tasks and model plans, refused before any training if they exceed the limits."""
-        tasks = self.task_list(n_classes, seed)
-        n_models = len(tasks) * self.models_per_task
+        n_models = self.task_count(n_classes) * self.models_per_task
         if n_models > MAX_MODELS:
             raise ParamsimError(
-                f"recipe {self.name} plans {len(tasks)} tasks x {self.models_per_task} models, "
-                f"more than the limit of {MAX_MODELS}; lower models_per_task or tasks"
+                f"recipe {self.name} plans {self.task_count(n_classes)} tasks x "
+                f"{self.models_per_task} models, more than the limit of {MAX_MODELS}; "
+                "lower models_per_task or the number of tasks"
             )
         self.check_size(input_shape, n_models)
+        tasks = self.task_list(n_classes, seed)
         plans = []
         for tid, task in enumerate(tasks):
             for _ in range(self.models_per_task):
