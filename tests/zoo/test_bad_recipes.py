@@ -41,6 +41,12 @@ BAD = {
     "batchnorm not bool": ('archs = [{kind = "cnn", hidden = [8], batchnorm = 1}]', "batchnorm"),
     "pool index": ('archs = [{kind = "cnn", hidden = [4], pool_after = [3]}]', "pool_after"),
     "pool twice": ('archs = [{kind = "cnn", hidden = [4, 4], pool_after = [0, 0]}]', "pool_after"),
+    "pool a table": (
+        'archs = [{kind = "cnn", hidden = [4], pool_after = [{a = 1}]}]',
+        "pool_after",
+    ),
+    "hidden a table": ('archs = [{kind = "cnn", hidden = {a = 1}}]', "archs\\[0\\].hidden"),
+    "weight a string": ('archs = [{kind = "mlp", hidden = [8], weight = "x"}]', "weight"),
     "negative weight": ('archs = [{kind = "mlp", hidden = [8], weight = -1}]', "weight"),
     "zero batch": ("batch_size = 0", "batch_size = 0.*1 to 4096"),
     "negative batch": ("batch_size = -3", "batch_size = -3"),

@@ -27,7 +27,7 @@ from paramsim.weights.arch import ArchSpec
 from paramsim.zoo.shapes import param_count
 from paramsim.zoo.trainer import ModelPlan
 
-# Limits on what a recipe may ask for (documented in docs/RECIPES.md).
+# Limits on what a recipe may ask for (documented in docs/ZOO.md, "Recipe fields").
 DATASETS = ("digits", "idx", "cifar10", "cifar100")
 OPTIMIZERS = ("adam", "sgd")
 ARCH_KINDS = ("mlp", "cnn")
@@ -136,11 +136,13 @@ def _check_arch(i: int, arch) -> None:
         raise _bad(f"{field}.batchnorm", arch["batchnorm"], "true | false")
     pools = arch.get("pool_after", ())
     layers = f"distinct conv layer indices from 0 to {len(hidden) - 1}"
-    if not isinstance(pools, Sequence) or isinstance(pools, str) or len(set(pools)) != len(pools):
+    if not isinstance(pools, Sequence) or isinstance(pools, str):
         raise _bad(f"{field}.pool_after", pools, layers)
     for p in pools:
         if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < len(hidden):
             raise _bad(f"{field}.pool_after", pools, layers)
+    if len(set(pools)) != len(pools):
+        raise _bad(f"{field}.pool_after", pools, layers)
 
 
 def task_seed(seed: int, task: Task) -> int:
