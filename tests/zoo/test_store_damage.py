@@ -283,3 +283,10 @@ def test_export_leaves_no_weights_behind_when_the_json_fails(small_zoo, tmp_path
         torch.load(tmp_path / "n.pt", weights_only=True).keys()
         == param_shapes(Zoo(small_zoo).records[0].arch).keys()
     )
+
+
+@pytest.mark.parametrize("seed", [-1, 2**40, 1.5, True])
+def test_bad_zoo_seed_is_refused_before_anything_is_written(seed, tmp_path):
+    with pytest.raises(ParamsimError, match="zoo seed"):
+        build_zoo(RECIPE, tmp_path / "z", seed=seed, progress=False)
+    assert not (tmp_path / "z").exists()

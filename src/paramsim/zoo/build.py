@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import math
+import numbers
 import os
 import sqlite3
 import sys
@@ -173,7 +174,7 @@ def build_zoo(
 ) -> Path:
     """Build (or resume, or repair) the zoo in `out`. Returns the directory."""
     out = Path(out)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
         raise ParamsimError(f"zoo seed {seed!r} is not valid; use an integer from 0 to 2**32-1")
     check_out(out)
     dataset = load_dataset(recipe.dataset, data_dir)
@@ -182,6 +183,7 @@ def build_zoo(
         raise ParamsimError("the recipe plans no models; check --tasks and --models-per-task")
     shards = plan_shards(plans, recipe.shard_size)
     out.mkdir(parents=True, exist_ok=True)
+    seed = int(seed)
     meta = {
         "recipe": recipe.name,
         "recipe_settings": json.loads(json.dumps(recipe.__dict__, default=list)),
