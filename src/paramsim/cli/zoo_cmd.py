@@ -60,10 +60,11 @@ def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_siz
     build_zoo(rec, out, seed=seed, device=device, data_dir=data_dir, progress=not quiet)
     s = Zoo(out).summary()
     if not quiet:
-        acc = s["test_acc"]
+        acc, val = s["test_acc"], s["val_acc"]
+        selected = f"validation accuracy min {val['min']:.3f}; " if val else ""
         click.echo(
             f"{out}: {s['models']} models over {s['tasks']} tasks in "
-            f"{time.perf_counter() - start:.1f} s; test accuracy min {acc['min']:.3f}, "
+            f"{time.perf_counter() - start:.1f} s; {selected}test accuracy min {acc['min']:.3f}, "
             f"median {acc['median']:.3f}; {s['retrained_models']} retrained"
         )
 
