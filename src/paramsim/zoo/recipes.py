@@ -24,7 +24,6 @@ import numpy as np
 from paramsim.data import Task, group_tasks, pair_tasks
 from paramsim.errors import ParamsimError
 from paramsim.weights.arch import ArchSpec
-from paramsim.zoo.shapes import param_count
 from paramsim.zoo.trainer import ModelPlan
 
 # Limits on what a recipe may ask for (documented in docs/ZOO.md, "Recipe fields").
@@ -293,33 +292,37 @@ class Recipe:
         c, h, w = (int(v) for v in input_shape)
         together = min(self.shard_size, n_models)
         for i, spec in enumerate(self.archs):
-            arch = ArchSpec(
-                kind=spec["kind"],
-                input_shape=(c, h, w),
-                hidden=spec["hidden"],
-                batchnorm=spec.get("batchnorm", False),
-                pool_after=spec.get("pool_after", ()),
-            )
-            values = param_count(arch)
-            if values > MAX_MODEL_VALUES:
+            pools = spec.get("pool_after", ())
+            if min(h, w) >> len(pools) < 1:
+                raise _bad(
+                    f"archs[{i}].pool_after",
+                    pools,
+                    f"at most {int(math.log2(min(h, w)))} poolings of {h}x{w} inputs",
+                )
+            try:
+                arch = ArchSpec(
+                    kind=spec["kind"],
+                    input_shape=(c, h, w),
+                    hidden=spec["hidden"],
+                    batchnorm=spec.get("batchnorm", False),
+                    pool_after=pools,
+                )
+            except ParamsimError as exc:
+                allowed = f"an architecture for {c}x{h}x{w} inputs ({exc})"
+                raise _bad(f"archs[{i}]", spec, allowed) from None
+            if arch.n_params > MAX_MODEL_VALUES:
                 raise _bad(
                     f"archs[{i}].hidden",
                     spec["hidden"],
                     f"widths giving at most {MAX_MODEL_VALUES} values per model on "
-                    f"{c}x{h}x{w} inputs (these give {values})",
+                    f"{c}x{h}x{w} inputs (these give {arch.n_params})",
                 )
-            if values * together > MAX_SHARD_VALUES:
+            if arch.n_params * together > MAX_SHARD_VALUES:
                 raise _bad(
                     "shard_size",
                     self.shard_size,
-                    f"at most {MAX_SHARD_VALUES // values} models of archs[{i}] trained "
+                    f"at most {MAX_SHARD_VALUES // arch.n_params} models of archs[{i}] trained "
                     f"together ({MAX_SHARD_VALUES} values per shard)",
-                )
-            if min(h, w) >> len(arch.pool_after) < 1:
-                raise _bad(
-                    f"archs[{i}].pool_after",
-                    spec.get("pool_after"),
-                    f"at most {int(math.log2(min(h, w)))} poolings of {h}x{w} inputs",
                 )
 
 
