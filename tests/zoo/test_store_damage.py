@@ -112,7 +112,7 @@ def test_build_refuses_a_directory_of_user_files_and_a_regular_file(tmp_path, ca
     afile = tmp_path / "file.txt"
     afile.write_text("x")
     assert main([*args, "--out", str(afile), "--quiet"]) == 2
-    assert "is not a directory" in _one_error_line(capsys)
+    assert "not a directory" in _one_error_line(capsys)
     assert afile.read_text() == "x"
 
 

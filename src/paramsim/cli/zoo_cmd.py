@@ -10,7 +10,7 @@ import click
 import torch
 
 from paramsim.atomic import atomic_path
-from paramsim.cli.common import quiet_option, set_threads, threads_option
+from paramsim.cli.common import compute_options, set_threads
 from paramsim.cli.printable import printable
 from paramsim.errors import ParamsimError
 
@@ -35,14 +35,12 @@ def zoo() -> None:
     help="Override the recipe's count.",
 )
 @click.option("--tasks", default=None, help="all | disjoint | groups:N | pairs like 0-1,2-3.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-dir", type=click.Path(), default=None, help="For IDX and CIFAR recipes.")
 @click.option(
     "--shard-size", type=click.IntRange(min=1), default=None, help="Models trained together."
 )
-@threads_option
-@quiet_option
+@compute_options("Zoo seed: every model's draws and the validation rows.")
 def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_size, threads, quiet):
     """Train the models of RECIPE (a name or a .toml file) into OUT.
 

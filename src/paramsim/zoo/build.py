@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from paramsim.atomic import check_output_dir
 from paramsim.data import Dataset, load_dataset
 from paramsim.errors import ParamsimError
 from paramsim.zoo.recipes import Recipe
@@ -34,6 +35,7 @@ from paramsim.zoo.store import (
     MODEL_COLUMNS,
     REGISTRY,
     SHARDS,
+    ZOO_OUTPUT,
     atomic_save_tensors,
     connect,
     file_sha256,
@@ -129,25 +131,13 @@ def train_shard(
 
 
 def check_out(out: Path) -> None:
-    """Refuse an --out that is not a directory, or a directory holding anything but a zoo.
+    """Refuse an --out that is not new, empty or a zoo (a file, a link, a user's folder).
 
     A build never writes into (or deletes from) a folder of the user's files.
     """
-    if not (out.exists() or out.is_symlink()):
-        return
-    if not out.is_dir():
-        raise ParamsimError(f"--out {out} is not a directory; name a new or empty directory")
-    if (out / REGISTRY).is_file():
-        if (out / SHARDS).exists() and not (out / SHARDS).is_dir():
-            raise ParamsimError(f"{out / SHARDS} is not a directory; this zoo is damaged")
-        return
-    entries = sorted(os.listdir(out))
-    if entries:
-        more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
-        raise ParamsimError(
-            f"--out {out} exists and is not a zoo (it holds {entries[0]!r}{more}); "
-            "name a new or empty directory"
-        )
+    check_output_dir(out, ZOO_OUTPUT, overwrite=False, resume=True)
+    if (out / SHARDS).exists() and not (out / SHARDS).is_dir():
+        raise ParamsimError(f"{out / SHARDS} is not a directory; this zoo is damaged")
 
 
 @contextlib.contextmanager

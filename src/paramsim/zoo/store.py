@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from paramsim.atomic import atomic_path
+from paramsim.atomic import OutputKind, atomic_path
 from paramsim.data import Dataset, Task, load_dataset
 from paramsim.errors import ParamsimError
 from paramsim.weights.arch import ArchSpec
@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS models (
     sha256 TEXT NOT NULL,
     val_acc REAL);                  -- on held-out training rows; NULL when none were held out
 """
+# What a zoo directory holds, so that `zoo build --out` recognises one and refuses the rest.
+ZOO_OUTPUT = OutputKind("a zoo", (REGISTRY,), (REGISTRY, f"{REGISTRY}-*", SHARDS))
 MODEL_COLUMNS = (
     "id, task_id, output_classes, arch, settings, seed, retrains, train_acc, test_acc, shard, "
     "sha256, val_acc"
