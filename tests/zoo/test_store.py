@@ -116,7 +116,7 @@ def test_recipe_toml_and_errors(tmp_path):
     rec = load_recipe(str(path))
     assert rec.name == "mine" and rec.models_per_task == 2 and rec.archs[0]["kind"] == "cnn"
     path.write_text("colour = 3\n")
-    with pytest.raises(ParamsimError, match="unknown recipe keys"):
+    with pytest.raises(ParamsimError, match="unknown recipe field .colour."):
         load_recipe(str(path))
     with pytest.raises(ParamsimError, match="unknown recipe"):
         load_recipe("nope")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
 import torch
 
-from paramsim.atomic import atomic_path, atomic_write
-from paramsim.cli.common import quiet_option, set_threads, threads_option
+from paramsim.atomic import atomic_path
+from paramsim.cli.common import compute_options, set_threads
+from paramsim.cli.printable import printable
 from paramsim.errors import ParamsimError
 
 
@@ -22,7 +22,12 @@ def zoo() -> None:
 
 @zoo.command()
 @click.argument("recipe")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Zoo directory.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Zoo directory: new, empty, or a zoo to resume or repair.",
+)
 @click.option(
     "--models-per-task",
     type=click.IntRange(min=1),
@@ -30,16 +35,17 @@ def zoo() -> None:
     help="Override the recipe's count.",
 )
 @click.option("--tasks", default=None, help="all | disjoint | groups:N | pairs like 0-1,2-3.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-dir", type=click.Path(), default=None, help="For IDX and CIFAR recipes.")
 @click.option(
     "--shard-size", type=click.IntRange(min=1), default=None, help="Models trained together."
 )
-@threads_option
-@quiet_option
+@compute_options("Zoo seed: every model's draws and the validation rows.")
 def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_size, threads, quiet):
-    """Train the models of RECIPE (a name or a .toml file) into OUT; reruns resume."""
+    """Train the models of RECIPE (a name or a .toml file) into OUT.
+
+    A rerun into the same OUT resumes: shards whose checksum fails are trained again.
+    """
     from paramsim.zoo import build_zoo, load_recipe, open_zoo
 
     set_threads(threads)
@@ -52,10 +58,11 @@ def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_siz
     build_zoo(rec, out, seed=seed, device=device, data_dir=data_dir, progress=not quiet)
     s = open_zoo(out).summary()
     if not quiet:
-        acc = s["test_acc"]
+        acc, val = s["test_acc"], s["val_acc"]
+        selected = f"validation accuracy min {val['min']:.3f}; " if val else ""
         click.echo(
             f"{out}: {s['models']} models over {s['tasks']} tasks in "
-            f"{time.perf_counter() - start:.1f} s; test accuracy min {acc['min']:.3f}, "
+            f"{time.perf_counter() - start:.1f} s; {selected}test accuracy min {acc['min']:.3f}, "
             f"median {acc['median']:.3f}; {s['retrained_models']} retrained"
         )
 
@@ -73,15 +80,17 @@ def info(directory, as_json, verify):
     if verify:
         s["damaged_shards"] = z.verify()
     if as_json:
-        click.echo(json.dumps(s, indent=2))
+        click.echo(json.dumps(s, indent=2))  # json escapes control characters itself
     else:
+        p = printable
         click.echo(
-            f"zoo {s['path']}: recipe {s['recipe']}, dataset {s['dataset']}, seed {s['seed']}"
+            f"zoo {p(s['path'])}: recipe {p(s['recipe'])}, dataset {p(s['dataset'])}, "
+            f"seed {p(s['seed'])}"
         )
         click.echo(f"  {s['models']} models over {s['tasks']} tasks (complete: {s['complete']})")
         for label, n in s["architectures"].items():
-            click.echo(f"  {n} x {label}")
-        for split in ("train_acc", "test_acc"):
+            click.echo(f"  {n} x {p(label)}")
+        for split in ("train_acc", "val_acc", "test_acc"):
             a = s[split]
             if a:
                 click.echo(
@@ -89,40 +98,54 @@ def info(directory, as_json, verify):
                     f"  mean {a['mean']:.3f}  max {a['max']:.3f}"
                 )
         click.echo(f"  retrained with fresh draws: {s['retrained_models']}")
+        if verify and not s["damaged_shards"]:
+            click.echo("  every shard matches its checksum")
     if verify and s["damaged_shards"]:
-        raise ParamsimError(f"damaged shards: {', '.join(s['damaged_shards'])}")
+        raise ParamsimError(
+            f"damaged shards: {', '.join(map(printable, s['damaged_shards']))}; rerun "
+            "`paramsim zoo build` with the same recipe into the same --out to redo them"
+        )
 
 
 @zoo.command()
 @click.argument("directory", type=click.Path())
 @click.argument("model_id", type=int)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".safetensors or .pt")
+@click.option("--out", required=True, type=click.Path(), help=".safetensors or .pt")
 def export(directory, model_id, out):
     """Write one model as a plain PyTorch state_dict (and its spec as OUT.json)."""
     from paramsim.zoo import open_zoo
 
-    z = open_zoo(directory)
-    rec = z.record(model_id)
-    sd = z.state_dict(model_id)
     path = Path(out)
     if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise ParamsimError(f"cannot tell the format of {out}; end it in .safetensors or .pt")
-    with atomic_path(path) as tmp:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(sd, tmp, metadata={"arch": rec.arch.to_json(), "task": rec.task.name})
-        else:
-            torch.save(sd, tmp)
+    spec_path = path.with_name(path.name + ".json")
+    for target in (path, spec_path):
+        if target.is_dir():
+            raise ParamsimError(f"{target} is a directory; name a file for --out")
+    z = open_zoo(directory)
+    rec = z.record(model_id)
+    sd = z.state_dict(model_id)
     spec = {
         "arch": json.loads(rec.arch.to_json()),
         "task": rec.task.name,
         "output_classes": rec.task.sides,
+        "val_acc": rec.val_acc,
         "test_acc": rec.test_acc,
     }
-    spec_path = path.with_name(path.name + ".json")
-    atomic_write(spec_path, json.dumps(spec, indent=2))
-    print(f"wrote {path} (task {rec.task.name}, {rec.arch.label}) and {spec_path}", file=sys.stderr)
+    try:
+        # Both files are written in full before either is renamed into place; a failure
+        # anywhere leaves neither new file behind (and any old ones as they were).
+        with atomic_path(path) as tmp, atomic_path(spec_path) as spec_tmp:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save_file
+
+                save_file(sd, tmp, metadata={"arch": rec.arch.to_json(), "task": rec.task.name})
+            else:
+                torch.save(sd, tmp)
+            spec_tmp.write_text(json.dumps(spec, indent=2))
+    except OSError as exc:
+        raise ParamsimError(f"cannot write {path} and {spec_path.name}: {exc}") from exc
+    click.echo(f"wrote {path} (task {rec.task.name}, {rec.arch.label}) and {spec_path}", err=True)
 
 
 def register(cli: click.Group) -> None:

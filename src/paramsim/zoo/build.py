@@ -2,23 +2,44 @@
 
 A shard is a list of model plans trained together; it depends on nothing but its plans and
 the dataset, so shards could run on different machines and be merged by their rows.
+
+A rerun into the same --out keeps exactly the shards whose file matches the sha256 in the
+registry and trains the others again (missing, damaged or never committed); the same seeds
+give the same tensors, so the rebuilt zoo equals one built in a single run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
+import numbers
+import os
+import sqlite3
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
+import torch
+
+from paramsim.atomic import check_output_dir
 from paramsim.data import Dataset, load_dataset
 from paramsim.errors import ParamsimError
 from paramsim.zoo.recipes import Recipe
 from paramsim.zoo.store import (
+    FORMAT,
+    MODEL_COLUMNS,
+    REGISTRY,
+    SHARDS,
+    ZOO_OUTPUT,
     atomic_save_tensors,
     connect,
     file_sha256,
+    remove_stale_temps,
     tensors_sha256,
 )
 from paramsim.zoo.trainer import ModelPlan, TaskData, accuracies, train_stacked
@@ -57,6 +78,15 @@ def plan_shards(plans: list[ModelPlan], shard_size: int) -> list[Shard]:
     return shards
 
 
+class TrainedModel(NamedTuple):
+    plan: ModelPlan  # the plan of the attempt that was kept
+    state_dict: dict[str, torch.Tensor]
+    train_acc: float  # on the rows it could train on
+    val_acc: float  # on its task's held-out training rows (NaN when none are held out)
+    test_acc: float
+    retrains: int
+
+
 def train_shard(
     shard: Shard,
     recipe: Recipe,
@@ -64,23 +94,28 @@ def train_shard(
     seed: int,
     device: str = "cpu",
     on_step: Callable[[int], None] | None = None,
-):
-    """Train a shard; retrain models below the recipe's test accuracy with fresh draws.
+) -> list[TrainedModel]:
+    """Train a shard; retrain models below the recipe's `min_val_acc` with fresh draws.
 
-    Returns per-model (plan, state_dict, train_acc, test_acc, retrains) in plan order.
+    Selection reads only the validation rows held out of each task's training split, never
+    the test split, which transfer and the data-based references score on.
+    Returns one TrainedModel per plan, in plan order.
     """
     plans = list(shard.plans)
     data = TaskData.build(dataset, {p.task_id: p.task for p in plans})
-    results: dict[int, tuple] = {}
+    results: dict[int, TrainedModel] = {}
     todo = plans
     attempt = 0
     while todo:
         stack = train_stacked(todo, data, device, on_step if attempt == 0 else None)
-        tr, te = accuracies(stack, data, "train"), accuracies(stack, data, "test")
+        tr, va, te = (accuracies(stack, data, split) for split in ("train", "val", "test"))
         retry = []
         for i, p in enumerate(todo):
-            results[p.model_id] = (p, stack.state_dict(i), float(tr[i]), float(te[i]), attempt)
-            if te[i] < recipe.min_test_acc and attempt < recipe.max_retrains:
+            sd = stack.state_dict(i)
+            results[p.model_id] = TrainedModel(
+                p, sd, float(tr[i]), float(va[i]), float(te[i]), attempt
+            )
+            if va[i] < recipe.min_val_acc and attempt < recipe.max_retrains:
                 retry.append(p)
         attempt += 1
         todo = [
@@ -95,6 +130,30 @@ def train_shard(
     return [results[p.model_id] for p in plans]
 
 
+def check_out(out: Path) -> None:
+    """Refuse an --out that is not new, empty or a zoo (a file, a link, a user's folder).
+
+    A build never writes into (or deletes from) a folder of the user's files.
+    """
+    check_output_dir(out, ZOO_OUTPUT, overwrite=False, resume=True)
+    if (out / SHARDS).exists() and not (out / SHARDS).is_dir():
+        raise ParamsimError(f"{out / SHARDS} is not a directory; this zoo is damaged")
+
+
+@contextlib.contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the zoo directory: one build writes into it at a time."""
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ParamsimError(f"another build is writing into {out}; wait for it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def build_zoo(
     recipe: Recipe,
     out: str | Path,
@@ -103,14 +162,18 @@ def build_zoo(
     data_dir: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Build (or resume) the zoo in `out`. Returns the directory."""
+    """Build (or resume, or repair) the zoo in `out`. Returns the directory."""
     out = Path(out)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ParamsimError(f"zoo seed {seed!r} is not valid; use an integer from 0 to 2**32-1")
+    check_out(out)
     dataset = load_dataset(recipe.dataset, data_dir)
     tasks, plans = recipe.plan(dataset.n_classes, dataset.input_shape, seed)
     if not plans:
         raise ParamsimError("the recipe plans no models; check --tasks and --models-per-task")
     shards = plan_shards(plans, recipe.shard_size)
     out.mkdir(parents=True, exist_ok=True)
+    seed = int(seed)
     meta = {
         "recipe": recipe.name,
         "recipe_settings": json.loads(json.dumps(recipe.__dict__, default=list)),
@@ -118,62 +181,104 @@ def build_zoo(
         "data_dir": str(data_dir) if data_dir else None,
         "seed": seed,
         "planned_models": len(plans),
-        "format": 1,
+        "format": FORMAT,
     }
-    conn = connect(out)
-    try:
-        _write_meta(conn, out, meta, tasks)
-        done = {name for (name,) in conn.execute("SELECT name FROM shards")}
-        remaining = [
-            s for s in shards if s.name not in done or not (out / "shards" / s.name).is_file()
-        ]
-        bar = _progress(sum(max(p.steps for p in s.plans) for s in remaining), progress, recipe)
-        for shard in remaining:
-            start = time.perf_counter()
-            results = train_shard(shard, recipe, dataset, seed, device, lambda _t: bar.update(1))
-            tensors = {f"{plan.model_id}/{k}": v for plan, sd, *_ in results for k, v in sd.items()}
-            path = out / "shards" / shard.name
-            atomic_save_tensors(tensors, path, metadata={"zoo_seed": str(seed)})
-            digest = file_sha256(path)
-            with conn:  # one transaction: the shard exists once its rows are committed
-                conn.execute("DELETE FROM models WHERE shard = ?", (shard.name,))
-                conn.execute(
-                    "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)",
-                    (shard.name, digest, len(results), time.perf_counter() - start),
-                )
-                conn.executemany(
-                    "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            p.model_id,
-                            p.task_id,
-                            json.dumps(p.task.sides),
-                            p.arch.to_json(),
-                            json.dumps(p.settings()),
-                            p.seed,
-                            retrains,
-                            train_acc,
-                            test_acc,
-                            shard.name,
-                            tensors_sha256(sd),
-                        )
-                        for p, sd, train_acc, test_acc, retrains in results
-                    ],
-                )
-        bar.close()
-    finally:
-        conn.close()
+    say = (lambda text: print(text, file=sys.stderr)) if progress else (lambda text: None)
+    with build_lock(out):
+        for name in remove_stale_temps(out / SHARDS):
+            say(f"removed {name}, left by a killed build")
+        conn = connect(out)
+        try:
+            _write_meta(conn, out, meta, tasks)
+            remaining = _shards_to_train(conn, out, shards, say)
+            total = sum(max(p.steps for p in s.plans) for s in remaining)
+            bar = _progress(total, progress, recipe)
+            for shard in remaining:
+                _build_shard(conn, out, shard, recipe, dataset, seed, device, bar)
+            bar.close()
+        finally:
+            conn.close()
     return out
 
 
+def _shards_to_train(conn, out: Path, shards: list[Shard], say) -> list[Shard]:
+    """Shards not committed, or whose file is missing or fails its recorded sha256."""
+    try:
+        recorded = {
+            n: (d, k) for n, d, k in conn.execute("SELECT name, sha256, n_models FROM shards")
+        }
+        rows = dict(conn.execute("SELECT shard, COUNT(*) FROM models GROUP BY shard"))
+    except sqlite3.DatabaseError as exc:
+        raise ParamsimError(f"{out / REGISTRY} is not a registry of ours ({exc})") from exc
+    remaining = []
+    for shard in shards:
+        if shard.name not in recorded:
+            remaining.append(shard)
+            continue
+        digest, n_models = recorded[shard.name]
+        path = out / SHARDS / shard.name
+        intact = (
+            n_models == len(shard.plans) == rows.get(shard.name)
+            and path.is_file()
+            and not path.is_symlink()
+            and file_sha256(path) == digest
+        )
+        if not intact:
+            say(f"{shard.name} is missing or damaged (checksum); training it again")
+            remaining.append(shard)
+    return remaining
+
+
+def _build_shard(conn, out: Path, shard: Shard, recipe, dataset, seed, device, bar) -> None:
+    start = time.perf_counter()
+    results = train_shard(shard, recipe, dataset, seed, device, lambda _t: bar.update(1))
+    tensors = {f"{r.plan.model_id}/{k}": v for r in results for k, v in r.state_dict.items()}
+    path = out / SHARDS / shard.name
+    atomic_save_tensors(tensors, path, metadata={"zoo_seed": str(seed)})
+    digest = file_sha256(path)
+    rows = [
+        (
+            r.plan.model_id,
+            r.plan.task_id,
+            json.dumps(r.plan.task.sides),
+            r.plan.arch.to_json(),
+            json.dumps(r.plan.settings()),
+            r.plan.seed,
+            r.retrains,
+            r.train_acc,
+            r.test_acc,
+            shard.name,
+            tensors_sha256(r.state_dict),
+            None if math.isnan(r.val_acc) else r.val_acc,
+        )
+        for r in results
+    ]
+    with conn:  # one transaction: the shard exists once its rows are committed
+        conn.execute("DELETE FROM models WHERE shard = ?", (shard.name,))
+        conn.execute(
+            "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)",
+            (shard.name, digest, len(results), time.perf_counter() - start),
+        )
+        marks = ", ".join("?" * len(rows[0]))
+        conn.executemany(f"INSERT OR REPLACE INTO models ({MODEL_COLUMNS}) VALUES ({marks})", rows)
+
+
 def _write_meta(conn, out: Path, meta: dict, tasks) -> None:
-    existing = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    try:
+        existing = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
+        raise ParamsimError(f"{out / REGISTRY} is not a registry of ours ({exc})") from exc
     if existing:
+        if existing.get("format") != FORMAT:
+            raise ParamsimError(
+                f"{out} holds a zoo of store format {existing.get('format')!r}, written by "
+                f"another paramsim version (this one writes {FORMAT}); use another --out"
+            )
         keys = ("recipe_settings", "dataset", "seed", "planned_models")
         if any(existing.get(k) != meta[k] for k in keys):
             raise ParamsimError(
-                f"{out} holds a zoo built with other settings (recipe {existing.get('recipe')}, "
-                f"seed {existing.get('seed')}); use another --out or delete it"
+                f"{out} holds a zoo built with other settings (recipe {existing.get('recipe')!r}, "
+                f"seed {existing.get('seed')!r}); use another --out or delete it"
             )
         return
     with conn:

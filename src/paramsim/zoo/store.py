@@ -4,14 +4,21 @@
     DIR/shards/shard-NNNNN.safetensors   tensors keyed "<model id>/<state_dict key>"
 
 A shard file is written to a temporary name and renamed; its registry rows are committed
-after the rename in one transaction. A shard without committed rows does not exist as far
-as readers and resumed builds are concerned, so a killed build simply redoes it.
+after the rename in one transaction. A shard without committed rows, or whose file does not
+match its recorded sha256, does not exist as far as resumed builds are concerned: they
+train it again from the same seeds, which gives the same tensors.
+
+The registry is read as untrusted input: every row is checked for types and ranges, a
+shard must be a plain file name inside `shards/`, and an architecture's claimed shapes are
+compared with the stored tensors before anything is built from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,12 +31,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from paramsim.atomic import atomic_path
+from paramsim.atomic import OutputKind, atomic_path
 from paramsim.data import Dataset, Task, load_dataset
 from paramsim.errors import ParamsimError
 from paramsim.weights.arch import ArchSpec
+from paramsim.zoo.recipes import MAX_MODEL_VALUES
 
 REGISTRY = "registry.sqlite"
+SHARDS = "shards"
+FORMAT = 2  # 2: models.val_acc, accuracy of model selection on held-out training rows
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY, name TEXT NOT NULL, sides TEXT NOT NULL);
@@ -43,11 +53,22 @@ CREATE TABLE IF NOT EXISTS models (
     settings TEXT NOT NULL,         -- JSON: every training setting and the seed
     seed INTEGER NOT NULL,
     retrains INTEGER NOT NULL,
-    train_acc REAL NOT NULL,
+    train_acc REAL NOT NULL,        -- on the rows the model could train on
     test_acc REAL NOT NULL,
     shard TEXT NOT NULL REFERENCES shards(name),
-    sha256 TEXT NOT NULL);
+    sha256 TEXT NOT NULL,
+    val_acc REAL);                  -- on held-out training rows; NULL when none were held out
 """
+# What a zoo directory holds, so that `zoo build --out` recognises one and refuses the rest.
+ZOO_OUTPUT = OutputKind("a zoo", (REGISTRY,), (REGISTRY, f"{REGISTRY}-*", SHARDS))
+MODEL_COLUMNS = (
+    "id, task_id, output_classes, arch, settings, seed, retrains, train_acc, test_acc, shard, "
+    "sha256, val_acc"
+)
+# A shard is a plain file name: no directory part, no leading dot, nothing to escape with.
+SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,100}\.safetensors")
+# What atomic_path leaves behind for a shard when the process is killed mid-write.
+STALE_TEMP = re.compile(r"\.shard-[0-9]+\.safetensors\.[A-Za-z0-9_]+\.tmp")
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -73,6 +94,39 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata=N
         save_file(tensors, tmp, metadata=metadata)
 
 
+def shard_path(directory: Path, name) -> Path:
+    """`directory/shards/name`, refused unless `name` is a plain shard file name.
+
+    A registry row is untrusted: an absolute path, `..`, a subdirectory or a symlink that
+    leads out of `shards/` must never be read.
+    """
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+        raise ParamsimError(
+            f"{directory / REGISTRY} names shard {str(name)[:80]!r}, not a plain file name "
+            f"inside {SHARDS}/; the registry was edited or damaged: rebuild the zoo"
+        )
+    folder = directory / SHARDS
+    path = folder / name
+    if path.is_symlink() and path.resolve().parent != folder.resolve():
+        raise ParamsimError(f"shard {path} is a link to a file outside {folder}; refusing it")
+    return path
+
+
+def remove_stale_temps(folder: Path) -> list[str]:
+    """Delete the temporary shard files a killed build left; returns their names.
+
+    Only regular files named as `atomic_path` names a shard's temporary file are touched.
+    """
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in os.scandir(folder):
+        if STALE_TEMP.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     id: int
@@ -85,6 +139,7 @@ class ModelRecord:
     test_acc: float
     shard: str
     sha256: str
+    val_acc: float | None = None  # on held-out training rows, the basis of model selection
 
     @property
     def output_classes(self) -> tuple[tuple[int, ...], ...]:
@@ -92,8 +147,13 @@ class ModelRecord:
 
 
 def connect(directory: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(directory / REGISTRY)
-    conn.executescript(SCHEMA)
+    """The registry for writing, its tables created if new."""
+    path = directory / REGISTRY
+    try:
+        conn = sqlite3.connect(path)
+        conn.executescript(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise ParamsimError(f"{path} is not a registry of ours ({exc}); use another --out") from exc
     return conn
 
 
@@ -110,6 +170,40 @@ def open_zoo(directory: str | Path) -> Zoo:
     return Zoo(path)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_acc(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+
+
+def parse_sides(text) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A task's sides from registry JSON: two non-empty, disjoint lists of class numbers."""
+    sides = json.loads(text) if isinstance(text, str) else None
+    ok = isinstance(sides, list) and len(sides) == 2
+    ok = ok and all(
+        isinstance(s, list) and s and all(_is_int(c) and c >= 0 for c in s) for s in sides
+    )
+    if not ok or set(sides[0]) & set(sides[1]):
+        raise ValueError(f"task sides {str(text)[:60]!r} are not two disjoint lists of classes")
+    return tuple(sides[0]), tuple(sides[1])
+
+
+def parse_arch(text) -> ArchSpec:
+    """An architecture from registry JSON, refused if larger than any recipe can build.
+
+    ArchSpec checks its own fields and general bounds; a zoo model is also binary and
+    within the recipe limit, so an edited row cannot make a reader allocate much.
+    """
+    if not isinstance(text, str):
+        raise ValueError("arch is not JSON text")
+    arch = ArchSpec.from_json(text)
+    if arch.n_outputs != 2 or arch.n_params > MAX_MODEL_VALUES:
+        raise ValueError(f"arch {arch.label} is beyond what a recipe builds")
+    return arch
+
+
 class Zoo:
     """Read access to a built zoo."""
 
@@ -120,6 +214,8 @@ class Zoo:
                 f"{self.path} is not a zoo (no {REGISTRY}); build one with "
                 f"`paramsim zoo build digits-pairs --out {self.path}`"
             )
+        if (self.path / SHARDS).exists() and not (self.path / SHARDS).is_dir():
+            raise ParamsimError(f"{self.path / SHARDS} is not a directory; this zoo is damaged")
         self._shard_cache: dict[str, dict[str, torch.Tensor]] = {}  # the last shard read
 
     @classmethod
@@ -137,27 +233,68 @@ class Zoo:
                 f"{self.path / REGISTRY} is not a readable registry: {exc}"
             ) from exc
 
+    def _damaged(self, what: str, exc: Exception) -> ParamsimError:
+        return ParamsimError(
+            f"{self.path / REGISTRY}: {what} is malformed ({str(exc)[:200]}); the registry was "
+            "edited or damaged: rebuild the zoo into a new --out"
+        )
+
     @cached_property
     def meta(self) -> dict:
-        return {k: json.loads(v) for k, v in self._query("SELECT key, value FROM meta")}
+        meta = {}
+        for key, value in self._query("SELECT key, value FROM meta"):
+            try:
+                meta[str(key)] = json.loads(value)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise self._damaged(f"meta value {str(key)[:40]!r}", exc) from None
+        return meta
 
     @cached_property
     def tasks(self) -> list[Task]:
-        rows = self._query("SELECT id, sides FROM tasks ORDER BY id")
-        return [Task(tuple(tuple(s) for s in json.loads(sides))) for _, sides in rows]
+        tasks = []
+        for i, (tid, sides) in enumerate(self._query("SELECT id, sides FROM tasks ORDER BY id")):
+            try:
+                if tid != i:
+                    raise ValueError(f"task ids are not 0..n-1 (found {tid!r} at {i})")
+                tasks.append(Task(parse_sides(sides)))
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise self._damaged(f"task row {i}", exc) from None
+        return tasks
 
     @cached_property
     def records(self) -> list[ModelRecord]:
+        columns = {row[1] for row in self._query("PRAGMA table_info(models)")}
+        val = "val_acc" if "val_acc" in columns else "NULL"  # zoos of store format 1
         rows = self._query(
-            "SELECT id, task_id, arch, settings, retrains, train_acc, test_acc, shard, sha256 "
-            "FROM models ORDER BY id"
+            "SELECT id, task_id, arch, settings, retrains, train_acc, test_acc, shard, sha256, "
+            f"{val} FROM models ORDER BY id"
         )
-        return [
-            ModelRecord(
-                r[0], r[1], self.tasks[r[1]], ArchSpec.from_json(r[2]), json.loads(r[3]), *r[4:]
-            )
-            for r in rows
-        ]
+        return [self._record(n, row) for n, row in enumerate(rows)]
+
+    def _record(self, n: int, row: tuple) -> ModelRecord:
+        mid, task_id, arch, settings, retrains, train, test, shard, digest, val = row
+        try:
+            if not _is_int(mid) or not _is_int(task_id) or not 0 <= task_id < len(self.tasks):
+                raise ValueError(f"id {mid!r} or task id {task_id!r} is not a valid number")
+            if not _is_int(retrains) or retrains < 0:
+                raise ValueError(f"retrains {retrains!r} is not a count")
+            if not all(_is_acc(a) for a in (train, test)) or not (val is None or _is_acc(val)):
+                raise ValueError("an accuracy is not a number in [0, 1]")
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError("sha256 is not 64 hex digits")
+            if not isinstance(shard, str):
+                raise ValueError("shard is not a name")
+            settings = json.loads(settings) if isinstance(settings, str) else None
+            if not isinstance(settings, dict):
+                raise ValueError("settings are not a JSON object")
+            spec = parse_arch(arch)
+        except (TypeError, ValueError, OverflowError, RecursionError, ParamsimError) as exc:
+            raise self._damaged(f"model row {n} (id {str(mid)[:20]})", exc) from None
+        shard_path(self.path, shard)  # refuses names that lead outside shards/
+        return ModelRecord(
+            mid, task_id, self.tasks[task_id], spec, settings, retrains, float(train),
+            float(test), shard, digest, None if val is None else float(val),
+        )  # fmt: skip
 
     @property
     def task_ids(self) -> np.ndarray:
@@ -167,7 +304,10 @@ class Zoo:
         return len(self.records)
 
     def dataset(self, data_dir: str | Path | None = None) -> Dataset:
-        return load_dataset(self.meta["dataset"], data_dir or self.meta.get("data_dir"))
+        name = self.meta.get("dataset")
+        if not isinstance(name, str):
+            raise self._damaged("meta value 'dataset'", ValueError(f"{name!r} is not a name"))
+        return load_dataset(name, data_dir or self.meta.get("data_dir"))
 
     @cached_property
     def _by_id(self) -> dict[int, ModelRecord]:
@@ -190,33 +330,45 @@ class Zoo:
     def _shard(self, name: str) -> dict[str, torch.Tensor]:
         if name not in self._shard_cache:
             self._shard_cache.clear()  # hold one shard at a time, whatever the zoo's size
-            path = self.path / "shards" / name
+            path = shard_path(self.path, name)
+            redo = "rebuild with `paramsim zoo build` into the same --out to redo it"
+            if not path.is_file():  # missing, or a FIFO or device that would block a read
+                raise ParamsimError(f"shard {path} is missing or not a regular file; {redo}")
             try:
                 self._shard_cache[name] = load_file(path)
             except (OSError, SafetensorError) as exc:
-                raise ParamsimError(
-                    f"shard {path} is missing or unreadable ({exc}); rebuild with "
-                    "`paramsim zoo build` into the same --out to redo it"
-                ) from exc
+                raise ParamsimError(f"shard {path} is unreadable ({exc}); {redo}") from exc
         return self._shard_cache[name]
 
     def state_dict(self, model_id: int) -> dict[str, torch.Tensor]:
-        """The model's tensors, checked against the registry's sha256."""
+        """The model's tensors, checked against the registry's arch and sha256.
+
+        The arch's shapes are compared with the stored tensors before anything is built
+        from the arch, so an edited registry cannot make a reader allocate a huge module.
+        """
         rec = self.record(model_id)
         prefix = f"{model_id}/"
         shard = self._shard(rec.shard)
         sd = {k[len(prefix) :]: v for k, v in shard.items() if k.startswith(prefix)}
+        stored = {k: tuple(v.shape) for k, v in sd.items()}
+        if stored != rec.arch.param_shapes():
+            raise ParamsimError(
+                f"model {model_id}: the registry's arch ({rec.arch.label}) does not match the "
+                f"tensors stored in shard {rec.shard}; the registry or shard was edited or "
+                "damaged: rebuild the zoo"
+            )
         if tensors_sha256(sd) != rec.sha256:
             raise ParamsimError(
                 f"checksum mismatch for model {model_id} in shard {rec.shard}: the file was "
-                "changed or damaged; delete it and rerun `paramsim zoo build` to redo it"
+                "changed or damaged; rerun `paramsim zoo build` into the same --out to redo it"
             )
         return sd
 
     def module(self, model_id: int) -> nn.Module:
         """The documented nn.Module of this model, weights loaded, in eval mode."""
+        sd = self.state_dict(model_id)  # checks the arch against the tensors first
         module = self.record(model_id).arch.build()
-        module.load_state_dict(self.state_dict(model_id))
+        module.load_state_dict(sd)
         return module.eval()
 
     def network(self, model_id: int):
@@ -236,10 +388,10 @@ class Zoo:
         return [out[i] for i in ids]
 
     def verify(self) -> list[str]:
-        """Names of shards whose file checksum does not match the registry."""
+        """Names of shards whose file is missing, not a regular file or fails its sha256."""
         bad = []
         for name, digest in self._query("SELECT name, sha256 FROM shards ORDER BY name"):
-            path = self.path / "shards" / name
+            path = shard_path(self.path, name)
             if not path.is_file() or file_sha256(path) != digest:
                 bad.append(name)
         return bad
@@ -247,6 +399,7 @@ class Zoo:
     def summary(self) -> dict:
         test = np.array([r.test_acc for r in self.records])
         train = np.array([r.train_acc for r in self.records])
+        val = np.array([r.val_acc for r in self.records if r.val_acc is not None])
         archs: dict[str, int] = {}
         for r in self.records:
             archs[r.arch.label] = archs.get(r.arch.label, 0) + 1
@@ -267,6 +420,7 @@ class Zoo:
             "complete": self.summary_complete,
             "architectures": archs,
             "retrained_models": int(sum(r.retrains > 0 for r in self.records)),
-            "test_acc": {k: round(float(v), 4) for k, v in spread(test).items()},
             "train_acc": {k: round(float(v), 4) for k, v in spread(train).items()},
+            "val_acc": {k: round(float(v), 4) for k, v in spread(val).items()},
+            "test_acc": {k: round(float(v), 4) for k, v in spread(test).items()},
         }

@@ -44,6 +44,10 @@ class ModelPlan:
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    # Share of the task's training examples held out for model selection, and the seed
+    # that picks them (one per task and zoo, so all models of a task hold out the same rows).
+    val_fraction: float = 0.0
+    val_seed: int = 0
 
     def settings(self) -> dict:
         keys = [
@@ -56,6 +60,8 @@ class ModelPlan:
             "optimizer",
             "momentum",
             "weight_decay",
+            "val_fraction",
+            "val_seed",
         ]
         return {k: getattr(self, k) for k in keys}
 
@@ -109,12 +115,30 @@ def init_state(plan: ModelPlan) -> dict[str, torch.Tensor]:
     return state
 
 
+def holdout(n_available: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows 0..n-1 of a task's training examples split into (training pool, validation).
+
+    Models are selected (retrained or kept) on the validation rows, never on the test split,
+    and never train on them. With `fraction` 0 the pool is every row and validation is empty.
+    """
+    if fraction <= 0:
+        return torch.arange(n_available), torch.arange(0)
+    perm = torch.randperm(n_available, generator=torch.Generator().manual_seed(seed))
+    n_val = min(n_available - 1, max(1, int(round(fraction * n_available))))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
 def batch_indices(plan: ModelPlan, n_available: int) -> torch.Tensor:
-    """The model's own training subset and minibatch draws: (steps, batch) row indices."""
+    """The model's own training subset and minibatch draws: (steps, batch) row indices.
+
+    The subset is `data_fraction` of the training pool (the rows not held out for
+    validation); with no validation rows this is the same draw as before they existed.
+    """
+    pool, _ = holdout(n_available, plan.val_fraction, plan.val_seed)
     gen = torch.Generator().manual_seed(plan.seed + 1)
-    n_sub = max(plan.batch_size, int(round(plan.data_fraction * n_available)))
-    n_sub = min(n_sub, n_available)
-    subset = torch.randperm(n_available, generator=gen)[:n_sub]
+    n_sub = max(plan.batch_size, int(round(plan.data_fraction * len(pool))))
+    n_sub = min(n_sub, len(pool))
+    subset = pool[torch.randperm(len(pool), generator=gen)[:n_sub]]
     draws = torch.randint(0, n_sub, (plan.steps, plan.batch_size), generator=gen)
     return subset[draws]
 
@@ -383,27 +407,43 @@ def train_stacked(
     return models
 
 
+def _eval_rows(plan: ModelPlan, data: TaskData, split: str) -> torch.Tensor:
+    """Global row indices a model is scored on: its training pool, validation rows or test."""
+    if split == "test":
+        start, stop = data.test_slices[plan.task_id]
+        return torch.arange(start, stop)
+    start, stop = data.train_slices[plan.task_id]
+    pool, val = holdout(stop - start, plan.val_fraction, plan.val_seed)
+    return (pool if split == "train" else val) + start
+
+
 @torch.no_grad()
 def accuracies(models: StackedModels, data: TaskData, split: str) -> np.ndarray:
-    """Per-model accuracy on its own task's train or test examples."""
-    x_all = data.x_train if split == "train" else data.x_test
-    y_all = data.y_train if split == "train" else data.y_test
-    slices = data.train_slices if split == "train" else data.test_slices
-    bounds = [slices[p.task_id] for p in models.plans]
-    longest = max(b - a for a, b in bounds)
-    rows = torch.zeros(len(bounds), longest, dtype=torch.long)
-    valid = torch.zeros(len(bounds), longest, dtype=torch.bool)
-    for i, (a, b) in enumerate(bounds):
-        rows[i, : b - a] = torch.arange(a, b)
-        valid[i, : b - a] = True
-    correct = torch.zeros(len(bounds))
+    """Per-model accuracy on its own task's "train" (pool), "val" or "test" examples.
+
+    A model without validation rows gets NaN for "val".
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    x_all = data.x_test if split == "test" else data.x_train
+    y_all = data.y_test if split == "test" else data.y_train
+    own = [_eval_rows(p, data, split) for p in models.plans]
+    longest = max(len(r) for r in own)
+    if longest == 0:
+        return np.full(len(own), np.nan)
+    rows = torch.zeros(len(own), longest, dtype=torch.long)
+    valid = torch.zeros(len(own), longest, dtype=torch.bool)
+    for i, r in enumerate(own):
+        rows[i, : len(r)] = r
+        valid[i, : len(r)] = True
+    correct = torch.zeros(len(own))
     chunk = 512
     for s in range(0, longest, chunk):
         r = rows[:, s : s + chunk].to(models.device)
         logits = models.forward(x_all.to(models.device)[r], train=False)
         hit = (logits.argmax(-1).cpu() == y_all[rows[:, s : s + chunk]]) & valid[:, s : s + chunk]
         correct += hit.sum(1)
-    return (correct / valid.sum(1)).numpy()
+    return (correct / valid.sum(1)).numpy()  # 0/0 (no validation rows) is NaN
 
 
 def train_one(plan: ModelPlan, dataset: Dataset) -> nn.Module:
