@@ -9,9 +9,7 @@ from paramsim.features import get_method
 from paramsim.features.base import Context, Method
 from paramsim.use._common import Similarity, load_similarity
 from paramsim.use.transfer import (
-    SourceBank,
     TransferConfig,
-    _ci,
     choose_source,
     evaluate_transfer,
     fine_tune,
@@ -20,6 +18,8 @@ from paramsim.use.transfer import (
     select_sources,
     write_transfer,
 )
+from paramsim.use.transfer.stats import bootstrap_ci
+from paramsim.zoo.finetune import SourceBank
 
 QUICK = dict(shots=(1,), repeats=1, probe_steps=30, finetune_steps=10)
 
@@ -155,10 +155,10 @@ def test_select_sources_rejects_bad_labels(use_zoo):
 
 
 def test_confidence_interval():
-    c = _ci(np.full(10, 0.25), seed=0)
+    c = bootstrap_ci(np.full(10, 0.25), seed=0)
     assert c["lo"] == pytest.approx(0.25) and c["hi"] == pytest.approx(0.25)
     g = np.random.default_rng(0).normal(1.0, 0.1, 200)
-    c = _ci(g, seed=0)
+    c = bootstrap_ci(g, seed=0)
     assert c["lo"] < 1.0 < c["hi"] and c["t_lo"] < c["mean"] < c["t_hi"]
 
 
