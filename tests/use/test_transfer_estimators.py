@@ -124,3 +124,19 @@ def test_knn_with_one_shot_per_class_scores_the_angle_between_them():
     assert knn(np.array([[1.0, 0.0], [-1.0, 0.0]]), None, y) == pytest.approx(2.0)
     assert knn(np.zeros((2, 3)), None, y) == pytest.approx(0.0)  # dead features separate nothing
     assert set(ESTIMATORS) == {"logme", "leep", "nce", "knn"}
+
+
+@pytest.mark.parametrize("name", ["logme", "leep", "nce", "knn"])
+@pytest.mark.parametrize("per_class", [1, 2, 4])
+def test_a_stack_of_sources_scores_each_as_alone(name, per_class):
+    rng = np.random.default_rng(per_class)
+    y = np.repeat([0, 1], per_class)
+    feats = rng.normal(size=(3, len(y), 5))
+    feats[2] = 0.0  # a dead source
+    logits = rng.normal(size=(3, len(y), 2))
+    probs = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)
+    score = ESTIMATORS[name].score
+    together = score(feats, probs, y)
+    alone = [score(feats[i], probs[i], y) for i in range(3)]
+    np.testing.assert_allclose(together, alone, rtol=1e-12, atol=1e-12)
+    assert np.all(np.isfinite(together))

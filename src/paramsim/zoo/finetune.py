@@ -1,14 +1,21 @@
 """Few-shot training on top of the stacked trainer: fresh probe models and stored sources.
 
 Both jobs train many small models at once on a handful of examples each, with full-batch
-Adam (`train_full_batch`), and score them on their own test examples (`test_accuracy`).
+Adam (`train_full_batch`), and score them on held-out examples (`stack_accuracy`).
 `SourceBank` fine-tunes stored zoo models: it builds each chunk of (source, target) pairs
 with `StackedModels.from_states`, so no caller rewires the stack's tensors.
+
+Memory is bounded by a `MemoryBudget`: a chunk holds as many models as the budget allows
+(parameters, gradients, Adam moments and masks, plus activations), and evaluation walks the
+examples in slices sized to what is left. Models of one chunk share one target's examples,
+which the stacked forward reads through a stride-0 view: an MLP chunk never copies them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,7 +23,7 @@ import torch.nn.functional as F
 
 from paramsim.data import Task
 from paramsim.weights.arch import ArchSpec
-from paramsim.zoo.trainer import ModelPlan, StackedModels, StackedOptimizer
+from paramsim.zoo.trainer import ModelPlan, StackedModels, StackedOptimizer, padded_arch
 
 
 def family(arch: ArchSpec) -> tuple:
@@ -58,21 +65,99 @@ def reset_head(models: StackedModels) -> None:
             p.zero_()
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """Examples `x[rows]` with labels `y`; `x` is a whole split, gathered slice by slice."""
+
+    x: torch.Tensor
+    rows: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor, y: torch.Tensor) -> EvalSet:
+        return cls(x, torch.arange(len(y)), y)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Bytes one stacked run may hold; chunk and slice sizes follow from it."""
+
+    bytes: int = 512 * 2**20
+
+    def models(self, arch: ArchSpec, batch: int, cap: int) -> int:
+        """How many models of `arch` to train at once on `batch` examples each."""
+        per_model = 4 * (8 * param_numel(arch) + 4 * batch * activation_numel(arch))
+        return max(1, min(cap, self.bytes // per_model))
+
+    def examples(self, arch: ArchSpec, models: int) -> int:
+        """How many examples per model to push through `models` models at once."""
+        left = self.bytes - 4 * 2 * param_numel(arch) * models
+        return max(1, left // (4 * 2 * activation_numel(arch) * models))
+
+
+@functools.lru_cache(maxsize=64)
+def param_numel(arch: ArchSpec) -> int:
+    return sum(p.numel() for p in arch.build().parameters())
+
+
+@functools.lru_cache(maxsize=64)
+def activation_numel(arch: ArchSpec) -> int:
+    """Numbers one example makes flow through the network: its input and every layer output."""
+    h = torch.zeros(1, *arch.input_shape)
+    total = h.numel()
+    with torch.no_grad():
+        for mod in arch.build().eval():
+            h = mod(h)
+            total += h.numel()
+    return total
+
+
+def _shared(x: torch.Tensor, m: int) -> torch.Tensor:
+    """One set of examples seen by m models, as a stride-0 view (no copy)."""
+    return x.unsqueeze(0).expand(m, *x.shape)
+
+
 @torch.no_grad()
+def stack_accuracy(
+    models: StackedModels,
+    evals: Sequence[EvalSet],
+    budget: MemoryBudget | None = None,
+) -> np.ndarray:
+    """Accuracy of model i on evals[i]; models that share an EvalSet object share its slices."""
+    budget = budget or MemoryBudget()
+    m = len(models)
+    step = budget.examples(models.arch, m)
+    same = all(e is evals[0] for e in evals)
+    longest = max(len(e) for e in evals)
+    correct = torch.zeros(m, dtype=torch.float64)
+    for s in range(0, longest, step):
+        if same:
+            e = evals[0]
+            r = e.rows[s : s + step]
+            x = _shared(e.x[r], m)
+            y = e.y[s : s + step].unsqueeze(0).expand(m, -1)
+        else:
+            size = min(step, longest - s)
+            x = torch.zeros(m, size, *evals[0].x.shape[1:])
+            y = torch.full((m, size), -1, dtype=torch.long)
+            for i, e in enumerate(evals):
+                r = e.rows[s : s + size]
+                x[i, : len(r)] = e.x[r]
+                y[i, : len(r)] = e.y[s : s + size]
+        logits = models.forward(x.to(models.device), train=False)
+        correct += ((logits.argmax(-1).cpu() == y) & (y >= 0)).sum(1).double()
+    sizes = torch.tensor([len(e) for e in evals], dtype=torch.float64)
+    return (correct / sizes).numpy()
+
+
 def test_accuracy(
     models: StackedModels, tests: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> np.ndarray:
     """Accuracy of model i on tests[i] (x, y); test sets may differ in length."""
-    longest = max(len(y) for _, y in tests)
-    shape = tests[0][0].shape[1:]
-    x = torch.zeros(len(tests), longest, *shape)
-    y = torch.full((len(tests), longest), -1, dtype=torch.long)
-    for i, (xt, yt) in enumerate(tests):
-        x[i, : len(yt)] = xt
-        y[i, : len(yt)] = yt
-    logits = models.forward(x, train=False)
-    hit = (logits.argmax(-1) == y) & (y >= 0)
-    return (hit.sum(1).double() / (y >= 0).sum(1).double()).numpy()
+    return stack_accuracy(models, [EvalSet.of(x, y) for x, y in tests])
 
 
 def module_of(models: StackedModels, i: int) -> torch.nn.Module:
@@ -145,33 +230,46 @@ class SourceBank:
             self.state(m)  # shard by shard, so each shard file is read once
         return StackedModels.from_states(plans, [self._states[m] for m in ids])
 
+    def widest(self, ids: Sequence[int]) -> ArchSpec:
+        """The padded shape of a stack of `ids` (one family): what a chunk is sized by."""
+        return padded_arch([self.records[m].arch for m in ids])
+
     def finetune(
         self,
         pairs: Sequence[tuple[int, int]],
         shots: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        tests: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        evals: Sequence[Sequence[EvalSet]],
         lr: float,
         steps: int,
         head_only: bool = False,
         reset: bool = True,
+        budget: MemoryBudget | None = None,
         chunk: int = 2048,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Test accuracy of fine-tuning source model m on shots[j], for each pair (m, j)."""
-        out = np.full(len(pairs), np.nan)
+        """Accuracy on each of evals[j] after fine-tuning source m on shots[j], per pair (m, j):
+        shape (len(pairs), len(evals[j])). A chunk holds pairs of one target draw j only, so its
+        models read the same examples (no per-model copy) and its size follows the budget."""
+        budget = budget or MemoryBudget()
+        n_out = len(evals[pairs[0][1]]) if pairs else 0
+        out = np.full((len(pairs), n_out), np.nan)
         groups: dict[tuple, list[int]] = {}
-        for n, (m, j) in enumerate(pairs):  # one stacked run needs one family and B
-            groups.setdefault((family(self.records[m].arch), len(shots[j][1])), []).append(n)
-        for rows in groups.values():
-            for start in range(0, len(rows), chunk):
-                part = rows[start : start + chunk]
+        for n, (m, j) in enumerate(pairs):  # one stacked run: one family, one draw
+            groups.setdefault((family(self.records[m].arch), j), []).append(n)
+        for (_, j), rows in groups.items():
+            x, y = shots[j]
+            size = budget.models(self.widest([pairs[n][0] for n in rows]), len(y), chunk)
+            for start in range(0, len(rows), size):
+                part = rows[start : start + size]
                 models = self.stack([pairs[n][0] for n in part], lr, steps)
                 if reset:
                     reset_head(models)
-                x = torch.stack([shots[pairs[n][1]][0] for n in part])
-                y = torch.stack([shots[pairs[n][1]][1] for n in part])
-                train_full_batch(models, x, y, steps, head_only)
-                out[part] = test_accuracy(models, [tests[pairs[n][1]] for n in part])
+                train_full_batch(
+                    models, _shared(x, len(part)), _shared(y, len(part)), steps, head_only
+                )
+                for c, e in enumerate(evals[j]):
+                    out[part, c] = stack_accuracy(models, [e] * len(part), budget)
+                del models
                 if progress:
                     progress(len(part))
         return out

@@ -27,7 +27,10 @@ class TransferConfig:
     folds: int = 3  # task folds for fitting learned methods without the target task
     targets: tuple[str, ...] | None = None  # task names to evaluate (default: all)
     seed: int = 0
-    chunk: int = 2048  # fine-tunes per stacked run (memory bound)
+    chunk: int = 2048  # at most this many fine-tunes per stacked run
+    memory_budget_mb: int = 512  # what one stacked run (fine-tunes, forward passes) may hold
+    val_per_class: int = 50  # held-out training examples per class for the validation oracle
+    costs: bool = True  # time one selection per rule at three candidate counts
     select: str = "model"  # primary selection rule: "task" (mean over a task's models) or "model"
     select_top: int = 0  # task rule: mean of the task's m most similar models (0: all of them)
 
@@ -49,8 +52,27 @@ class TransferConfig:
             raise ParamsimError(f"folds must be at least 2, got {self.folds}")
         if self.select not in SELECT_RULES:
             raise ParamsimError(f"select must be 'model' or 'task', not {self.select!r}")
+        if self.finetune_steps < 1 or self.probe_steps < 1:
+            raise ParamsimError(
+                f"finetune_steps and probe_steps must be at least 1, got "
+                f"{self.finetune_steps} and {self.probe_steps}"
+            )
+        if self.memory_budget_mb < 16:
+            raise ParamsimError(
+                f"memory budget must be at least 16 MB, got {self.memory_budget_mb}"
+            )
+        if self.val_per_class < 0:
+            raise ParamsimError(f"val_per_class must be 0 or more, got {self.val_per_class}")
+        if self.chunk < 1:
+            raise ParamsimError(f"chunk must be at least 1, got {self.chunk}")
         if self.select_top < 0:
             raise ParamsimError(f"select_top must be 0 (all) or positive, got {self.select_top}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def budget(self):
+        """The memory budget as the trainer's object."""
+        from paramsim.zoo.finetune import MemoryBudget
+
+        return MemoryBudget(self.memory_budget_mb * 2**20)

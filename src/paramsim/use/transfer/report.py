@@ -13,10 +13,25 @@ from paramsim.use._common import figure_png, pyplot, settings_key, write_json
 from paramsim.use.transfer.config import TransferConfig
 
 
-def format_transfer_table(results: Mapping[str, Any]) -> str:
+def _f(v: Any, fmt: str = ".3f") -> str:
+    """A number for a table; missing or NaN (null once read back from JSON) shows as a dash."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return format(v, fmt)
+
+
+def _ci(g: Mapping[str, Any] | None) -> str:
+    if not g:
+        return "–"
+    return f"{_f(g.get('mean'), '+.3f')} [{_f(g.get('lo'), '+.3f')}, {_f(g.get('hi'), '+.3f')}]"
+
+
+def format_transfer_table(results: Mapping[str, Any], primary_only: bool = False) -> str:
     """Markdown: one row per method, K and selection rule (the primary rule first).
 
-    Baselines are on the same target tasks; both rules pick among the same fine-tuned sources.
+    Baselines are on the same target tasks; every rule picks among the same fine-tuned
+    sources. "vs best estimator" is the paired bootstrap interval of the per-task chosen
+    accuracy minus that of the estimator with the best mean at this K.
     """
     cols = [
         "method",
@@ -27,9 +42,14 @@ def format_transfer_table(results: Mapping[str, Any]) -> str:
         "random source",
         "chosen source",
         "oracle",
+        "val. oracle",
         "gain over random (95% CI)",
         "share of oracle gain",
-        "Spearman(sim, acc)",
+        "share of val.-oracle gain",
+        "top-1 regret",
+        "weighted τ",
+        "Spearman",
+        "vs best estimator (95% CI)",
     ]
     head = "| " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * len(cols)]
@@ -40,18 +60,61 @@ def format_transfer_table(results: Mapping[str, Any]) -> str:
             scratch = (
                 np.mean([base["scratch"]["per_task"][t] for t in tasks]) if tasks else math.nan
             )
-            for rule, rv in rule_views(v):
-                g = rv["gain_over_random"]
+            vs = v.get("vs_best_estimator")
+            vs_text = "–" if not vs else f"{_ci(vs)} vs {vs['estimator']}"
+            if vs and vs["estimator"] == name:
+                vs_text = "(best estimator)"
+            views = rule_views(v)
+            for rule, rv in views[:1] if primary_only else views:
                 lines.append(
-                    f"| {name} | {k} | {rule} | {v['n_target_tasks']} | {scratch:.3f} | "
-                    f"{v['random_same_tasks']:.3f} | "
-                    f"{rv['chosen']['mean']:.3f} | {v['oracle_same_tasks']:.3f} | "
-                    f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] | "
-                    f"{rv['oracle_gain_captured']:.2f} | {v['spearman']['mean']:.3f} |"
+                    f"| {name} | {k} | {rule} | {v['n_target_tasks']} | {_f(scratch)} | "
+                    f"{_f(v['random_same_tasks'])} | {_f(rv['chosen']['mean'])} | "
+                    f"{_f(v['oracle_same_tasks'])} | {_f(v.get('val_oracle_same_tasks'))} | "
+                    f"{_ci(rv['gain_over_random'])} | {_f(rv['oracle_gain_captured'], '.2f')} | "
+                    f"{_f(rv.get('val_oracle_gain_captured'), '.2f')} | "
+                    f"{_f(rv.get('regret'))} | "
+                    f"{_f(v.get('weighted_tau', {}).get('mean'))} | "
+                    f"{_f(v['spearman']['mean'])} | "
+                    f"{vs_text if rule == v.get('select', rule) else '–'} |"
                 )
     for name, reason in results.get("skipped", {}).items():
-        lines.append(f"| {name} | | | | skipped: {reason} |" + " |" * 6)
+        lines.append(f"| {name} | | | | skipped: {reason} |" + " |" * (len(cols) - 5))
     return "\n".join(lines)
+
+
+def format_cost_table(results: Mapping[str, Any]) -> str:
+    """Markdown: what one selection costs per rule, at each candidate count timed."""
+    costs = results.get("costs") or {}
+    rules = costs.get("rules", {})
+    if not rules:
+        return ""
+    draw = costs.get("draw", {})
+    lines = [
+        f"One selection, timed on one draw (K = {draw.get('shots')}, {draw.get('candidates')} "
+        "candidates), median of 3; stored models and their embeddings are in memory.",
+        "",
+        "| rule | kind | candidates | forward passes | ms per selection | ms per 1000 "
+        "candidates | + probe training, ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    kinds = {n: m.get("kind", "") for n, m in results.get("methods", {}).items()}
+    for name, c in rules.items():
+        lines.append(
+            f"| {name} | {kinds.get(name, '')} | {' / '.join(map(str, c['candidates']))} | "
+            f"{' / '.join(map(str, c['forward_passes']))} | "
+            f"{' / '.join(_f(v, '.1f') for v in c['ms'])} | "
+            f"{_f(c['ms_per_1000_candidates'], '.1f')} | "
+            f"{_f(c['probe_ms'], '.1f') if c['probe_ms'] else '–'} |"
+        )
+    return "\n".join(lines)
+
+
+def estimator_notes(results: Mapping[str, Any]) -> list[str]:
+    """Two sentences per estimator that ran: what it reads."""
+    from paramsim.use.transfer.estimators import ESTIMATORS
+
+    ran = [n for n, m in results.get("methods", {}).items() if m.get("kind") == "estimator"]
+    return [f"- `{n}`: {ESTIMATORS[n].reads}" for n in ran if n in ESTIMATORS]
 
 
 def rule_views(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -76,10 +139,17 @@ def plot_transfer(results: Mapping[str, Any]) -> bytes | None:
             base = results["baselines"][k]
             order = sorted(base["random"]["per_task"], key=base["random"]["per_task"].get)
             xs = np.arange(len(order))
-            for key, style in (("scratch", ":"), ("random", "--"), ("oracle", "-")):
+            for key, style in (
+                ("scratch", ":"),
+                ("random", "--"),
+                ("val_oracle", "-."),
+                ("oracle", "-"),
+            ):
+                if key not in base:
+                    continue
                 ax.plot(
                     xs,
-                    [base[key]["per_task"][t] for t in order],
+                    [base[key]["per_task"].get(t, math.nan) for t in order],
                     style,
                     color="grey" if key != "oracle" else "black",
                     lw=1,

@@ -13,18 +13,51 @@ from paramsim.data import Dataset, Task
 from paramsim.errors import ParamsimError
 
 
-def kshot(task: Task, dataset: Dataset, k: int, seed: Sequence[int]) -> tuple[torch.Tensor, ...]:
-    """K training examples per side of `task`, drawn with numpy's generator seeded `seed`."""
-    x, y = task.train_data(dataset)
+def task_rows(task: Task, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a split that belong to `task` and their side labels, in the order of
+    `Task.subset` (so row i here is example i of `task.train_data`), without copying inputs."""
+    side = np.full(len(labels), -1)
+    y = labels.numpy()
+    for k, classes in enumerate(task.sides):
+        side[np.isin(y, classes)] = k
+    rows = np.flatnonzero(side >= 0)
+    return rows, side[rows]
+
+
+def kshot_rows(task: Task, dataset: Dataset, k: int, seed: Sequence[int]) -> np.ndarray:
+    """Rows of the training split: K per side of `task`, drawn with numpy's generator `seed`."""
+    rows, y = task_rows(task, dataset.y_train)
     rng = np.random.default_rng(list(seed))
-    rows = []
+    picked = []
     for side in (0, 1):
-        idx = np.flatnonzero(y.numpy() == side)
+        idx = np.flatnonzero(y == side)
         if len(idx) < k:
             raise ParamsimError(f"task {task.name} has {len(idx)} examples of side {side} < {k}")
-        rows += rng.choice(idx, k, replace=False).tolist()
-    rows_t = torch.as_tensor(rows)
-    return x[rows_t], y[rows_t]
+        picked += rng.choice(idx, k, replace=False).tolist()
+    return rows[picked]
+
+
+def kshot(task: Task, dataset: Dataset, k: int, seed: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """K training examples per side of `task`, drawn with numpy's generator seeded `seed`."""
+    rows = torch.as_tensor(kshot_rows(task, dataset, k, seed))
+    y = torch.as_tensor(task_rows(task, dataset.y_train[rows])[1]).long()
+    return dataset.x_train[rows], y
+
+
+def validation_rows(
+    task: Task, dataset: Dataset, taken: np.ndarray, per_class: int, seed: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `per_class` training rows per side of `task` outside `taken` (the K shots), and
+    their side labels: the held-out part the validation oracle picks its source on."""
+    rows, y = task_rows(task, dataset.y_train)
+    rng = np.random.default_rng(list(seed))
+    free = ~np.isin(rows, taken)
+    picked = []
+    for side in (0, 1):
+        idx = np.flatnonzero(free & (y == side))
+        picked += rng.choice(idx, min(per_class, len(idx)), replace=False).tolist()
+    picked = np.sort(np.asarray(picked, dtype=np.int64))
+    return rows[picked], y[picked]
 
 
 def as_tensors(x, y, input_shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +86,7 @@ class Instance:
     repeat: int
     x: torch.Tensor
     y: torch.Tensor
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # shots' train rows
     scratch: float = math.nan
     probes: list = field(default_factory=list)
 
