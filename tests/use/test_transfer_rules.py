@@ -172,8 +172,11 @@ def test_transfer_cli_with_estimators_and_costs(use_zoo, tmp_path, capsys):
     out = tmp_path / "tr"
     args = ["transfer", str(use_zoo.path), "--methods", "gram1,knn,gram1+knn@3", "--shots", "1"]
     args += ["--repeats", "1", "--finetune-steps", "5", "--memory-budget", "64", "--out", str(out)]
+    args += ["--sources-per-task", "2"]
     assert main(args) == 0
     doc = json.loads((out / "transfer.json").read_text())
+    assert doc["n_candidate_pairs"] == 6 * 5 * 2  # 6 draws x 5 other tasks x 2 models
+    assert doc["costs"]["draw"]["candidates"] == 10
     costs = doc["costs"]["rules"]
     assert costs["knn"]["forward_passes"][-1] == doc["costs"]["draw"]["candidates"]
     assert costs["gram1"]["forward_passes"] == [0, 0, 0] and costs["gram1"]["probe_ms"] > 0
@@ -182,3 +185,14 @@ def test_transfer_cli_with_estimators_and_costs(use_zoo, tmp_path, capsys):
     assert main([*args[:3], "gram1+nope@3", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "hybrid" in err and len(err.strip().splitlines()) == 1
+
+
+def test_source_subset_keeps_the_same_models_of_every_task():
+    from paramsim.use.transfer.evaluate import source_subset
+
+    labels = np.repeat(np.arange(4), 5)
+    keep = source_subset(labels, 2, seed=0)
+    assert np.bincount(labels[keep]).tolist() == [2, 2, 2, 2]
+    assert np.array_equal(keep, source_subset(labels, 2, seed=0))
+    assert not np.array_equal(keep, source_subset(labels, 2, seed=1))
+    assert source_subset(labels, 0, seed=0).all() and source_subset(labels, 9, seed=0).all()

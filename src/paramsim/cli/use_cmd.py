@@ -178,6 +178,14 @@ def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, q
     help="MB one stacked run of fine-tunes or forward passes may hold.",
 )
 @click.option(
+    "--sources-per-task",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Candidate sources: this many models of each other task (0: all). Every candidate is "
+    "fine-tuned on every draw, so this sets the run time.",
+)
+@click.option(
     "--val-per-class",
     type=click.IntRange(0),
     default=50,
@@ -201,6 +209,7 @@ def transfer_command(
     select_top,
     targets,
     memory_budget,
+    sources_per_task,
     val_per_class,
     seed,
     threads,
@@ -241,6 +250,7 @@ def transfer_command(
         targets=names,
         memory_budget_mb=memory_budget,
         val_per_class=val_per_class,
+        sources_per_task=sources_per_task,
         seed=seed,
     )
     started = time.perf_counter()

@@ -30,6 +30,7 @@ class TransferConfig:
     chunk: int = 2048  # at most this many fine-tunes per stacked run
     memory_budget_mb: int = 512  # what one stacked run (fine-tunes, forward passes) may hold
     val_per_class: int = 50  # held-out training examples per class for the validation oracle
+    sources_per_task: int = 0  # candidate sources: this many models of each other task (0: all)
     costs: bool = True  # time one selection per rule at three candidate counts
     select: str = "model"  # primary selection rule: "task" (mean over a task's models) or "model"
     select_top: int = 0  # task rule: mean of the task's m most similar models (0: all of them)
@@ -63,6 +64,10 @@ class TransferConfig:
             )
         if self.val_per_class < 0:
             raise ParamsimError(f"val_per_class must be 0 or more, got {self.val_per_class}")
+        if self.sources_per_task < 0:
+            raise ParamsimError(
+                f"sources_per_task must be 0 (all) or positive, got {self.sources_per_task}"
+            )
         if self.chunk < 1:
             raise ParamsimError(f"chunk must be at least 1, got {self.chunk}")
         if self.select_top < 0:

@@ -145,6 +145,7 @@ def evaluate_transfer(
 
     # 2. every candidate source fine-tuned on every draw (independent of the rules)
     candidates = labels[None, :] != np.array([inst.task_id for inst in instances])[:, None]
+    candidates &= source_subset(labels, cfg.sources_per_task, cfg.seed)[None, :]
     bank = SourceBank(zoo)
     ft, val, finetune_seconds = _finetune_all(bank, instances, candidates, tests, vals, cfg)
     say(f"fine-tuned {int(candidates.sum())} source/target pairs in {finetune_seconds:.1f} s")
@@ -256,9 +257,25 @@ def evaluate_transfer(
         "methods": methods,
         "skipped": skipped,
         "costs": costs,
+        "n_candidate_pairs": int(candidates.sum()),
         "finetune_seconds": finetune_seconds,
         "total_seconds": time.perf_counter() - started,
     }
+
+
+def source_subset(labels: np.ndarray, per_task: int, seed: int) -> np.ndarray:
+    """Which models may be picked: `per_task` of each task's models (a seeded draw, the same
+    for every target), or all of them when per_task is 0. Fine-tuning every candidate on
+    every draw is what a transfer evaluation spends its time on, so this is its main knob."""
+    keep = np.ones(len(labels), dtype=bool)
+    if per_task <= 0:
+        return keep
+    rng = np.random.default_rng([seed, 13])
+    keep[:] = False
+    for t in np.unique(labels):
+        members = np.flatnonzero(labels == t)
+        keep[rng.permutation(members)[:per_task]] = True
+    return keep
 
 
 class _Skip(Exception):
