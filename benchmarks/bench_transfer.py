@@ -65,6 +65,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-costs", action="store_true")
     ap.add_argument("--table", action="store_true", help="print the result tables too")
+    ap.add_argument("--out", default=None, help="also write transfer.json and the plot here")
+    ap.add_argument(
+        "--data-dir",
+        default=None,
+        help="IDX files of the zoo's dataset (for a zoo whose dataset this tree cannot name)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -72,6 +78,11 @@ def main() -> None:
     sampler.start()
     t0 = time.perf_counter()
     zoo = Zoo.open(args.zoo)
+    if args.data_dir:
+        from paramsim.data.datasets import load_idx
+
+        data = load_idx(args.data_dir, name=zoo.meta["dataset"])
+        zoo.dataset = lambda data_dir=None: data
     sim_names, selectors = split_rules(args.methods)
     sims = {n: load_similarity(method=n) for n in sim_names}
     targets = tuple(Task.parse(t).name for t in args.targets.split(",")) if args.targets else None
@@ -95,6 +106,10 @@ def main() -> None:
     sampler.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pairs = res["n_candidate_pairs"]
+    if args.out:
+        from paramsim.use.transfer import write_transfer
+
+        write_transfer(res, args.out)
     if args.table:
         print(format_transfer_table(res))
         print(format_cost_table(res))

@@ -126,47 +126,65 @@ def rule_views(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     return [(primary, rules[primary])] + [(r, v) for r, v in rules.items() if r != primary]
 
 
+KIND_COLOURS = {
+    "similarity": "tab:blue",
+    "learned": "tab:purple",
+    "hybrid": "tab:green",
+    "estimator": "tab:orange",
+}
+
+
 def plot_transfer(results: Mapping[str, Any]) -> bytes | None:
-    """Per-task accuracies (sorted by the random baseline) for each K, methods side by side."""
+    """Per K, one row per rule (coloured by kind): the share of the oracle's gain over a
+    random source (bar, with the 95% CI of the gain scaled the same way), the share of the
+    validation oracle's gain (diamond), and the weighted Kendall tau (right panel)."""
     methods = results.get("methods", {})
     if not methods:
         return None
     plt = pyplot()
     ks = list(results["baselines"])
-    fig, axes = plt.subplots(1, len(ks), figsize=(6.5 * len(ks), 4.2), squeeze=False)
+    names = list(methods)
+    height = 1.2 + 0.28 * len(names)
+    fig, axes = plt.subplots(len(ks), 2, figsize=(11, height * len(ks)), squeeze=False, sharey=True)
     try:
-        for ax, k in zip(axes[0], ks, strict=True):
-            base = results["baselines"][k]
-            order = sorted(base["random"]["per_task"], key=base["random"]["per_task"].get)
-            xs = np.arange(len(order))
-            for key, style in (
-                ("scratch", ":"),
-                ("random", "--"),
-                ("val_oracle", "-."),
-                ("oracle", "-"),
-            ):
-                if key not in base:
+        for row, k in enumerate(ks):
+            share_ax, tau_ax = axes[row]
+            ys = np.arange(len(names))[::-1]
+            for y, name in zip(ys, names, strict=True):
+                v = methods[name]["shots"].get(k)
+                if not v:
                     continue
-                ax.plot(
-                    xs,
-                    [base[key]["per_task"].get(t, math.nan) for t in order],
-                    style,
-                    color="grey" if key != "oracle" else "black",
-                    lw=1,
-                    label=key,
+                colour = KIND_COLOURS.get(methods[name].get("kind", ""), "grey")
+                share = v.get("oracle_gain_captured")
+                head = (v.get("oracle_same_tasks") or math.nan) - (
+                    v.get("random_same_tasks") or math.nan
                 )
-            for name, entry in methods.items():
-                per = entry["shots"].get(k, {}).get("chosen", {}).get("per_task", {})
-                pts = [(i, per[t]) for i, t in enumerate(order) if t in per]
-                if pts:
-                    ax.plot(
-                        *zip(*pts, strict=True), "o", ms=3.5, alpha=0.8, label=f"chosen by {name}"
-                    )
-            ax.set_title(f"K = {k} shots per class")
-            ax.set_xlabel("target task (sorted by random-source accuracy)")
-            ax.set_ylabel("test accuracy after fine-tuning")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="lower right")
+                g = v.get("gain_over_random") or {}
+                if share is not None and math.isfinite(share):
+                    err = None
+                    if head and head > 0 and g.get("lo") is not None:
+                        err = [[share - g["lo"] / head], [g["hi"] / head - share]]
+                    share_ax.barh(y, share, color=colour, xerr=err, capsize=2, alpha=0.85)
+                vshare = v.get("val_oracle_gain_captured")
+                if vshare is not None and math.isfinite(vshare):
+                    share_ax.plot(vshare, y, "D", color="black", ms=4)
+                tau = (v.get("weighted_tau") or {}).get("mean")
+                if tau is not None and math.isfinite(tau):
+                    tau_ax.barh(y, tau, color=colour, alpha=0.85)
+            share_ax.set_yticks(ys, names, fontsize=8)
+            share_ax.axvline(0, color="black", lw=0.8)
+            share_ax.axvline(1, color="black", lw=0.8, ls=":")
+            share_ax.set_title(
+                f"K = {k}: share of the oracle's gain (bar) and of the validation oracle's (◆)",
+                fontsize=9,
+            )
+            tau_ax.axvline(0, color="black", lw=0.8)
+            tau_ax.set_title(
+                f"K = {k}: weighted Kendall τ, score vs fine-tuned accuracy", fontsize=9
+            )
+            for ax in (share_ax, tau_ax):
+                ax.grid(alpha=0.3, axis="x")
+        fig.tight_layout()
         return figure_png(fig)
     finally:
         plt.close(fig)
