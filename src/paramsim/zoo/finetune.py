@@ -41,10 +41,39 @@ def plan(
 def train_full_batch(
     models: StackedModels, x: torch.Tensor, y: torch.Tensor, steps: int, head_only: bool
 ) -> None:
-    """Full-batch Adam on per-model examples x (M, B, ...), labels y (M, B)."""
+    """Full-batch Adam on per-model examples x (M, B, ...), labels y (M, B).
+
+    Every model here shares one learning rate, so the update runs as torch's fused Adam over
+    the stacked tensors: elementwise, hence each model's own Adam, in one pass over memory
+    (about ten times faster than the trainer's per-model-rate optimiser, which dominated the
+    time of fine-tuning a zoo). With `head_only` only the output layer is updated.
+    """
+    rates = {p.lr for p in models.plans}
+    kinds = {(p.optimizer, p.weight_decay) for p in models.plans}
+    last = [k for k in models.params if k.startswith(models.slots[-1].prefix + ".")]
+    if len(rates) != 1 or kinds != {("adam", 0.0)}:
+        _train_full_batch_per_model(models, x, y, steps, head_only, last)
+        return
+    trained = [models.params[k] for k in (last if head_only else models.params)]
+    opt = torch.optim.Adam(trained, lr=rates.pop(), fused=True)
+    active = torch.ones(len(models))
+    for _ in range(steps):
+        logits = models.forward(x, train=True, active=active)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+        (loss / y.shape[1]).backward()
+        opt.step()
+        for p in models.params.values():
+            p.grad = None
+        if models.padded:
+            with torch.no_grad():
+                for key, p in models.params.items():
+                    p.mul_(models.masks[key])
+
+
+def _train_full_batch_per_model(models, x, y, steps, head_only, last) -> None:
+    """The same loop with the trainer's optimiser (a learning rate per model)."""
     opt = StackedOptimizer(models)
     active = torch.ones(len(models))
-    last = [k for k in models.params if k.startswith(models.slots[-1].prefix + ".")]
     for _ in range(steps):
         logits = models.forward(x, train=True, active=active)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")

@@ -147,7 +147,7 @@ def evaluate_transfer(
     candidates = labels[None, :] != np.array([inst.task_id for inst in instances])[:, None]
     candidates &= source_subset(labels, cfg.sources_per_task, cfg.seed)[None, :]
     bank = SourceBank(zoo)
-    ft, val, finetune_seconds = _finetune_all(bank, instances, candidates, tests, vals, cfg)
+    ft, val, finetune_seconds = _finetune_all(bank, instances, candidates, tests, vals, cfg, say)
     say(f"fine-tuned {int(candidates.sum())} source/target pairs in {finetune_seconds:.1f} s")
 
     # 3. every rule's scores
@@ -303,10 +303,19 @@ def _train_probes(batch, zoo, arch, tests, cfg, budget) -> None:
         b.probes = [from_state_dict(stack.state_dict(i * P + p), arch) for p in range(P)]
 
 
-def _finetune_all(bank, instances, candidates, tests, vals, cfg):
+def _finetune_all(bank, instances, candidates, tests, vals, cfg, say):
     """(test accuracy, validation accuracy, seconds): (n_instances, n_models) each."""
     pairs = [(int(m), j) for j in range(len(instances)) for m in np.flatnonzero(candidates[j])]
     t0 = time.perf_counter()
+    done = [0, 1]  # fine-tunes so far, next tenth to report
+
+    def progress(n: int) -> None:
+        done[0] += n
+        if done[0] * 10 >= done[1] * len(pairs) and done[1] < 10:
+            rate = done[0] / max(time.perf_counter() - t0, 1e-9)
+            say(f"fine-tuned {done[0]}/{len(pairs)} ({rate:.0f}/s)")
+            done[1] = done[0] * 10 // len(pairs) + 1
+
     evals = [
         [tests[inst.task_id], vals[j]] if len(vals[j]) else [tests[inst.task_id]]
         for j, inst in enumerate(instances)
@@ -321,6 +330,7 @@ def _finetune_all(bank, instances, candidates, tests, vals, cfg):
         cfg.head == "reset",
         cfg.budget(),
         cfg.chunk,
+        progress,
     )
     ft = np.full(candidates.shape, np.nan)
     val = np.full(candidates.shape, np.nan)
