@@ -179,7 +179,7 @@ def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, q
 )
 @click.option(
     "--sources-per-task",
-    type=int,
+    type=click.IntRange(0),
     default=0,
     show_default=True,
     help="Candidate sources: this many models of each other task (0: all). Every candidate is "
