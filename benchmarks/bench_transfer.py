@@ -104,7 +104,9 @@ def main() -> None:
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime
     pairs = res["n_candidate_pairs"]
     if args.out:
         from paramsim.use.transfer import write_transfer
@@ -121,7 +123,7 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f}"
     )
     print(
-        f"wall {wall:.1f} s, fine-tuning {res['finetune_seconds']:.1f} s "
+        f"wall {wall:.1f} s (CPU {cpu:.1f} s), fine-tuning {res['finetune_seconds']:.1f} s "
         f"({pairs} fine-tunes, {pairs / res['finetune_seconds']:.0f}/s); "
         f"peak RSS {peak:.0f} MB (sampled {sampler.peak:.0f} MB)"
     )
