@@ -214,7 +214,7 @@ def evaluate_transfer(
             skipped[rule.name] = str(exc)
             say(f"{rule.name}: skipped ({exc})")
             continue
-        except Exception as exc:  # a failing method is reported, not fatal
+        except ImportError as exc:  # a missing optional dependency skips the rule; bugs surface
             skipped[rule.name] = f"failed: {type(exc).__name__}: {exc}"
             say(f"{rule.name}: skipped ({skipped[rule.name]})")
             continue
