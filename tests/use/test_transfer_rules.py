@@ -196,3 +196,17 @@ def test_source_subset_keeps_the_same_models_of_every_task():
     assert np.array_equal(keep, source_subset(labels, 2, seed=0))
     assert not np.array_equal(keep, source_subset(labels, 2, seed=1))
     assert source_subset(labels, 0, seed=0).all() and source_subset(labels, 9, seed=0).all()
+
+
+def test_similarity_over_the_budget_goes_through_a_disk_index(use_zoo):
+    from paramsim.features import get_method
+    from paramsim.features.base import Context
+    from paramsim.use._common import cross_similarity
+    from paramsim.use.transfer.similarity import bounded_cross_similarity, embedding_width
+
+    nets = use_zoo.networks()
+    method, ctx = get_method("chain"), Context(seed=0)
+    width = embedding_width(method, nets, ctx)
+    tiny = 3 * width * 8  # room for three embeddings: chunks of one
+    got = bounded_cross_similarity(method, nets[:4], nets[4:], ctx, tiny)
+    np.testing.assert_allclose(got, cross_similarity(method, nets[:4], nets[4:], ctx), atol=1e-12)

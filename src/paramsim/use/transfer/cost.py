@@ -6,7 +6,9 @@ already (as they are for an index): loading them is not timed, for any rule.
 
 - weights-only rules (similarity, ranker): embed the probe, compare it with the stored
   embeddings (computed once, like an index), take the best; the probe's training is timed
-  once and reported beside them (`probe_ms`);
+  once and reported beside them (`probe_ms`). A method that compares pairs only, or whose
+  stored embeddings would not fit the memory budget, is timed embedding the candidates
+  too (`stored_embeddings` false);
 - estimators: one forward pass per candidate over the shots, then the estimator;
 - hybrids: the weights-only pick of the top M, then the estimator on those M.
 """
@@ -20,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from paramsim.features.base import Context, cosine_matrix
-from paramsim.use._common import cross_similarity, embed_or_none
+from paramsim.use._common import embed_or_none
 from paramsim.use.transfer import estimate, ranker
 from paramsim.use.transfer.estimators import ESTIMATORS
 from paramsim.use.transfer.rules import Rule
 from paramsim.use.transfer.shots import Instance
+from paramsim.use.transfer.similarity import bounded_cross_similarity, fits
 from paramsim.zoo.finetune import SourceBank, train_probes
 
 
@@ -66,16 +69,19 @@ def measure_costs(
     )
     networks = zoo.networks()
     ctx = Context(seed=cfg.seed)
-    galleries = {
-        name: embed_or_none(m, networks, ctx) for name, m in methods.items() if m is not None
+    galleries = {  # the stored embeddings (an index), where they fit the budget
+        name: embed_or_none(m, networks, ctx)
+        for name, m in methods.items()
+        if m is not None and fits(m, networks, len(networks), cfg.budget().bytes, ctx)
     }
     stacks = {n: bank.stack(subsets[n].tolist(), lr=0.0, steps=0) for n in sizes}
     y = inst.y.numpy()
 
     def weights_only(name: str, ids: np.ndarray) -> np.ndarray:
         method, gallery = methods[name], galleries.get(name)
-        if gallery is None:
-            return cross_similarity(method, [probe], [networks[i] for i in ids], ctx)[0]
+        if gallery is None:  # pairs only, or an index too wide to hold: compare directly
+            gal = [networks[i] for i in ids]
+            return bounded_cross_similarity(method, [probe], gal, ctx, cfg.budget().bytes)[0]
         return cosine_matrix(embed_or_none(method, [probe], ctx), gallery[ids])[0]
 
     def estimator(name: str, models) -> np.ndarray:
@@ -134,5 +140,6 @@ def measure_costs(
             "ms_per_1000_candidates": 1000 * slope,
             "probe_ms": probe_ms if weights_only_rule else 0.0,
             "ms_total": ms[int(ns[-1])] + (probe_ms if weights_only_rule else 0.0),
+            "stored_embeddings": rule.kind == "estimator" or rule.base in galleries,
         }
     return {"draw": {"shots": inst.shots, "candidates": int(len(ids_all))}, "rules": out}

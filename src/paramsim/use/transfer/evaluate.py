@@ -47,7 +47,6 @@ from paramsim.features.base import Context
 from paramsim.use._common import (
     Similarity,
     canonical_task,
-    cross_similarity,
     embed_or_none,
     fit_excluding,
     load_similarity,
@@ -66,6 +65,7 @@ from paramsim.use.transfer.shots import (
     task_rows,
     validation_rows,
 )
+from paramsim.use.transfer.similarity import bounded_cross_similarity, fits
 from paramsim.zoo.finetune import EvalSet, SourceBank, stack_accuracy, train_probes
 
 ProgressFn = Callable[[str], None]
@@ -205,7 +205,10 @@ def evaluate_transfer(
                 if rule.base not in views:
                     raise _Skip(f"needs {rule.base}, which was skipped")
                 if any(v.probe is None for v in views[rule.base]):
-                    raise _Skip(f"{rule.base} has no embedding to learn from")
+                    raise _Skip(
+                        f"{rule.base} has no embedding to learn from, or its embeddings do not "
+                        "fit --memory-budget"
+                    )
                 S = _ranker_scores(views[rule.base], instances, ft, labels, names, fold, cfg)
                 source = f"ranker on {rule.base} embeddings, trained per fold ({cfg.folds} folds)"
         except ParamsimError:
@@ -354,16 +357,21 @@ def _probe_embeddings(method, instances, rows, cfg) -> np.ndarray | None:
 def _probe_similarity(method, instances, rows, networks, cfg) -> np.ndarray:
     """(len(rows), n_models): similarity to each draw's probes, averaged over its probes."""
     queries = [p for j in rows for p in instances[j].probes]
-    S = cross_similarity(method, queries, networks, Context(seed=cfg.seed))
+    S = bounded_cross_similarity(
+        method, queries, networks, Context(seed=cfg.seed), cfg.budget().bytes
+    )
     return S.reshape(len(rows), cfg.probes, -1).mean(axis=1)
 
 
 def _view(method, instances, score_rows, networks, cfg, embed: bool) -> _View:
-    """Scores of `score_rows`; with `embed`, every draw's probe embedding and the gallery's."""
+    """Scores of `score_rows`; with `embed`, every draw's probe embedding and the gallery's
+    (left out when they would not fit the memory budget: a ranker on them is then skipped)."""
     S = _probe_similarity(method, instances, score_rows, networks, cfg)
-    if not embed:
+    ctx = Context(seed=cfg.seed)
+    n_rows = len(networks) + len(instances) * cfg.probes
+    if not embed or not fits(method, networks, n_rows, cfg.budget().bytes, ctx):
         return _View(method, score_rows, S)
-    gallery = embed_or_none(method, networks, Context(seed=cfg.seed))
+    gallery = embed_or_none(method, networks, ctx)
     if gallery is None:
         return _View(method, score_rows, S)
     everyone = list(range(len(instances)))
