@@ -9,9 +9,7 @@ from paramsim.features import get_method
 from paramsim.features.base import Context, Method
 from paramsim.use._common import Similarity, load_similarity
 from paramsim.use.transfer import (
-    SourceBank,
     TransferConfig,
-    _ci,
     choose_source,
     evaluate_transfer,
     fine_tune,
@@ -20,8 +18,10 @@ from paramsim.use.transfer import (
     select_sources,
     write_transfer,
 )
+from paramsim.use.transfer.stats import bootstrap_ci
+from paramsim.zoo.finetune import EvalSet, MemoryBudget, SourceBank
 
-QUICK = dict(shots=(1,), repeats=1, probe_steps=30, finetune_steps=10)
+QUICK = dict(shots=(1,), repeats=1, probe_steps=30, finetune_steps=10, costs=False)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,12 @@ def test_stacked_finetune_equals_single_model(use_zoo):
     xt, yt = task.test_data(dataset)
     sources = [r.id for r in use_zoo.records if r.task_id != 0][:4]
     bank = SourceBank(use_zoo)
-    accs = bank.finetune([(m, 0) for m in sources], [(x, y)], [(xt, yt)], lr=3e-3, steps=8)
+    evals = [[EvalSet.of(xt, yt)]]
+    accs = bank.finetune([(m, 0) for m in sources], [(x, y)], evals, lr=3e-3, steps=8)[:, 0]
+    # a budget that fits one model per stacked run gives the same numbers
+    tiny = MemoryBudget(1)
+    again = bank.finetune([(m, 0) for m in sources], [(x, y)], evals, 3e-3, 8, budget=tiny)
+    np.testing.assert_array_equal(again[:, 0], accs)
     for m, acc in zip(sources, accs, strict=True):
         module = fine_tune(use_zoo, m, x, y, steps=8, lr=3e-3)
         with torch.no_grad():
@@ -155,10 +160,10 @@ def test_select_sources_rejects_bad_labels(use_zoo):
 
 
 def test_confidence_interval():
-    c = _ci(np.full(10, 0.25), seed=0)
+    c = bootstrap_ci(np.full(10, 0.25), seed=0)
     assert c["lo"] == pytest.approx(0.25) and c["hi"] == pytest.approx(0.25)
     g = np.random.default_rng(0).normal(1.0, 0.1, 200)
-    c = _ci(g, seed=0)
+    c = bootstrap_ci(g, seed=0)
     assert c["lo"] < 1.0 < c["hi"] and c["t_lo"] < c["mean"] < c["t_hi"]
 
 
@@ -171,6 +176,10 @@ def test_config_validation():
         TransferConfig(head="x")
     with pytest.raises(ParamsimError, match="select"):
         TransferConfig(select="best")
+    with pytest.raises(ParamsimError, match="finetune_steps"):
+        TransferConfig(finetune_steps=-5)
+    with pytest.raises(ParamsimError, match="memory budget"):
+        TransferConfig(memory_budget_mb=1)
 
 
 def test_write_transfer(gram1_results, tmp_path):

@@ -117,7 +117,11 @@ def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, q
 @click.command("transfer")
 @click.argument("zoo", type=click.Path(path_type=Path))
 @model_option
-@method_option
+@methods_option(
+    "Comma list of selection rules: similarity methods (chain, gram1, lps, ...), "
+    "estimators (logme, leep, nce, knn), hybrids BASE+EST@M (lps+logme@10) and learned "
+    "rankers rank:BASE (rank:chain)."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @overwrite_option
 @click.option("--shots", default="1,5", show_default=True, help="K examples per class.")
@@ -166,6 +170,28 @@ def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, q
     help="Task rule: average a task's M most similar models only (0: all of them).",
 )
 @click.option("--targets", default=None, help="Comma list of target tasks (default: all).")
+@click.option(
+    "--memory-budget",
+    type=click.IntRange(16),
+    default=512,
+    show_default=True,
+    help="MB one stacked run of fine-tunes or forward passes may hold.",
+)
+@click.option(
+    "--sources-per-task",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Candidate sources: this many models of each other task (0: all). Every candidate is "
+    "fine-tuned on every draw, so this sets the run time.",
+)
+@click.option(
+    "--val-per-class",
+    type=click.IntRange(0),
+    default=50,
+    show_default=True,
+    help="Held-out training examples per class for the validation oracle.",
+)
 @compute_options("Seed of the K-shot draws, probes, fine-tuning and learned methods.")
 def transfer_command(
     zoo,
@@ -182,6 +208,9 @@ def transfer_command(
     select,
     select_top,
     targets,
+    memory_budget,
+    sources_per_task,
+    val_per_class,
     seed,
     threads,
     quiet,
@@ -190,15 +219,20 @@ def transfer_command(
     from paramsim.use.transfer import (
         TransferConfig,
         evaluate_transfer,
+        format_cost_table,
         format_transfer_table,
         write_transfer,
     )
+    from paramsim.use.transfer.rules import split_rules
 
     check_output_dir(out_dir, TRANSFER_OUTPUT, overwrite)  # first: the cheapest refusal
     set_threads(threads)
     set_seed(seed)
     store = _open(zoo)
-    sims = _similarities(model_dir, methods)
+    sim_names, selectors = split_rules(methods, saved_lps=model_dir is not None)
+    sims = _similarities(model_dir, ",".join(sim_names)) if model_dir or sim_names else {}
+    if not sims and not selectors:
+        raise ParamsimError("give --model DIR (a saved LPS model) or --methods NAME[,NAME...]")
     names = None
     if targets:
         from paramsim.data import Task
@@ -214,15 +248,18 @@ def transfer_command(
         select=select,
         select_top=select_top,
         targets=names,
+        memory_budget_mb=memory_budget,
+        val_per_class=val_per_class,
+        sources_per_task=sources_per_task,
         seed=seed,
     )
     started = time.perf_counter()
+    say = None if quiet else lambda m: click.echo(m, err=True)
     with atomic_dir(out_dir, TRANSFER_OUTPUT, overwrite) as tmp:
-        res = evaluate_transfer(
-            store, sims, cfg, progress=None if quiet else lambda m: click.echo(m, err=True)
-        )
+        res = evaluate_transfer(store, sims, cfg, progress=say, selectors=selectors)
         written = write_transfer(res, tmp)
     click.echo(format_transfer_table(res))
+    click.echo(format_cost_table(res))
     click.echo(f"{time.perf_counter() - started:.1f} s; wrote {', '.join(written)} to {out_dir}")
 
 

@@ -59,6 +59,7 @@ class ReproduceConfig:
     seed: int = 0
     relate_methods: tuple[str, ...] = ("lps", "chain", "gram1", "flat")
     transfer_methods: tuple[str, ...] = ("lps", "chain", "gram1", "flat")
+    transfer_selectors: tuple[str, ...] = ("logme", "knn", "lps+logme@10")  # need forward passes
     transfer: TransferConfig = TransferConfig()
     lps_epochs: int | None = None  # None: the LPS default
 
@@ -70,6 +71,7 @@ class ReproduceConfig:
             splits=1,
             relate_methods=("lps", "gram1"),
             transfer_methods=("lps", "gram1"),
+            transfer_selectors=("knn",),
             transfer=TransferConfig(shots=(1,), repeats=1, probe_steps=40, finetune_steps=15),
             lps_epochs=2,
         )
@@ -231,7 +233,14 @@ def _transfer_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict[str,
 
     tcfg = cfg.transfer
     key = transfer_key(
-        zoo, [*cfg.transfer_methods, f"lps_epochs={cfg.lps_epochs}", _lps_state(cfg)], tcfg
+        zoo,
+        [
+            *cfg.transfer_methods,
+            *cfg.transfer_selectors,
+            f"lps_epochs={cfg.lps_epochs}",
+            _lps_state(cfg),
+        ],
+        tcfg,
     )
     cached = read_cached(out / "transfer" / "transfer.json", key)
     if cached is not None:
@@ -240,7 +249,10 @@ def _transfer_stage(zoo, out: Path, cfg: ReproduceConfig, say: Say) -> dict[str,
     skipped: dict[str, str] = {}
     sims = _similarities(cfg.transfer_methods, cfg, skipped)
     say(f"transfer: shots {','.join(map(str, tcfg.shots))}, {tcfg.repeats} draws per task")
-    res = evaluate_transfer(zoo, sims, tcfg, progress=lambda m: say(f"  transfer: {m}"))
+    selectors = [s for s in cfg.transfer_selectors if s.split("+")[0] in sims or "+" not in s]
+    res = evaluate_transfer(
+        zoo, sims, tcfg, progress=lambda m: say(f"  transfer: {m}"), selectors=selectors
+    )
     res["skipped"] = {**skipped, **res["skipped"]}
     write_transfer(res, out / "transfer", key)
     return read_cached(out / "transfer" / "transfer.json", key) or res

@@ -172,13 +172,21 @@ def _pad(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 class StackedModels:
     """Parameters of M models stacked on dim 0, in ArchSpec.build() state_dict order."""
 
-    def __init__(self, plans: Sequence[ModelPlan], device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        plans: Sequence[ModelPlan],
+        device: torch.device | str = "cpu",
+        states: Sequence[dict[str, torch.Tensor]] | None = None,
+    ):
         self.plans = list(plans)
         self.arch = padded_arch([p.arch for p in plans])
         self.slots = layout(self.arch)
         self.device = torch.device(device)
         template = _template(self.arch)
-        states = [init_state(p) for p in plans]
+        if states is None:
+            states = [init_state(p) for p in plans]
+        elif len(states) != len(self.plans):
+            raise ValueError(f"{len(states)} states for {len(self.plans)} plans")
         self.params: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}
         self.masks: dict[str, torch.Tensor] = {}
@@ -192,16 +200,37 @@ class StackedModels:
                 self.masks[key] = torch.stack(ones).to(self.device)
         self.padded = any(not bool(m.all()) for m in self.masks.values())
 
+    @classmethod
+    def from_states(
+        cls,
+        plans: Sequence[ModelPlan],
+        states: Sequence[dict[str, torch.Tensor]],
+        device: torch.device | str = "cpu",
+    ) -> StackedModels:
+        """A stack that starts from given weights (each model's own state_dict, e.g. a stored
+        model to fine-tune) instead of the plans' seeded initialisation."""
+        return cls(plans, device, states=states)
+
     def __len__(self) -> int:
         return len(self.plans)
 
-    def forward(self, x: torch.Tensor, train: bool, active: torch.Tensor | None = None):
-        """Logits (M, B, n_outputs) for per-model inputs x (M, B, C, H, W)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        train: bool,
+        active: torch.Tensor | None = None,
+        features: bool = False,
+    ):
+        """Logits (M, B, n_outputs) for per-model inputs x (M, B, C, H, W); with `features`,
+        the input of the output layer instead (M, B, width): what transferability estimators
+        read."""
         m, b = x.shape[:2]
         if self.arch.kind == "mlp":
             h = x.reshape(m, b, -1)
             linears = [s for s in self.slots if s.kind == "linear"]
             for i, slot in enumerate(linears):
+                if features and i == len(linears) - 1:
+                    return h
                 w, bias = self.params[f"{slot.prefix}.weight"], self.params[f"{slot.prefix}.bias"]
                 h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
                 if i < len(linears) - 1:
@@ -230,6 +259,8 @@ class StackedModels:
                 conv_index += 1
             else:  # final linear after global average pooling
                 h = h.mean(dim=(2, 3)).reshape(b, m, -1).transpose(0, 1)
+                if features:
+                    return h
                 w, bias = self.params[f"{p}.weight"], self.params[f"{p}.bias"]
                 h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
         return h
