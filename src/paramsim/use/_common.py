@@ -15,7 +15,6 @@ import numpy as np
 from paramsim.atomic import atomic_write
 from paramsim.data import Task
 from paramsim.data.tasks import canonical_name
-from paramsim.data.tasks import canonical_name as canonical_task  # noqa: F401 (use.transfer)
 from paramsim.errors import ParamsimError
 from paramsim.eval.report import jsonable
 from paramsim.features.base import Context, Method, cosine_matrix

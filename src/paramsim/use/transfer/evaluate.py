@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from paramsim.data.tasks import canonical_name
 from paramsim.errors import ParamsimError
 from paramsim.features.base import Context
 from paramsim.use._common import (
     Similarity,
-    canonical_task,
     embed_or_none,
     fit_excluding,
     load_similarity,
@@ -396,7 +396,7 @@ def _similarity_views(sim, instances, networks, model_tasks, names, fold, cfg, s
         return out
     seen = sim.seen_tasks or frozenset()
     rows = [
-        j for j, inst in enumerate(instances) if canonical_task(names[inst.task_id]) not in seen
+        j for j, inst in enumerate(instances) if canonical_name(names[inst.task_id]) not in seen
     ]
     if not rows:
         raise ParamsimError(

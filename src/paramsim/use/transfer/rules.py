@@ -116,7 +116,7 @@ def split_rules(text: str | None, saved_lps: bool = False) -> tuple[list[str], l
     Similarity names are checked against the known methods. With a saved LPS model (which is
     named "lps"), "lps" inside a hybrid or ranker means that model unless lps is listed too.
     """
-    from paramsim.eval.protocol import parse_method_names
+    from paramsim.methods import parse_method_names
 
     listed = [n.strip() for n in (text or "").split(",") if n.strip()]
     dup = sorted({n for n in listed if listed.count(n) > 1})
