@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
 
+from paramsim.cli import main
 from paramsim.errors import ParamsimError
-from paramsim.index import META_FILE, EmbeddingIndex
+from paramsim.index import META_FILE, EmbeddingIndex, model_checksum
 
 
 def test_search_returns_cosine_scores_and_given_ids(tmp_path):
@@ -80,3 +83,52 @@ def test_damaged_index_and_empty_search_are_clear(tmp_path):
     (tmp_path / "i" / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(ParamsimError, match="rebuild"):
         EmbeddingIndex.load(tmp_path / "i")
+
+
+def _untrained_lps(directory, seed: int):
+    """A saved LPS model with random weights: enough to embed, no fitting needed."""
+    from paramsim.lps import LPS, LPSConfig, LPSNet
+
+    cfg = LPSConfig(emb_dim=16, n_probes=4, rank=8)
+    return LPS(cfg, net=LPSNet(cfg, seed=seed).eval()).save(directory)
+
+
+def test_index_dir_has_the_usual_mode_and_never_replaces_a_users_dir(tmp_path):
+    old = os.umask(0o022)
+    try:
+        idx = EmbeddingIndex(3)
+        idx.add(np.eye(3, dtype=np.float32))
+        idx.save(tmp_path / "i")
+        assert stat.S_IMODE((tmp_path / "i").stat().st_mode) == 0o755
+        user = tmp_path / "mine"
+        user.mkdir()
+        (user / "notes.txt").write_text("keep me")
+        with pytest.raises(ParamsimError, match="not a paramsim index"):
+            idx.save(user)
+        assert (user / "notes.txt").read_text() == "keep me"
+        assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        idx.save(empty)  # an empty directory holds nothing to lose
+        assert len(EmbeddingIndex.load(empty)) == 3
+    finally:
+        os.umask(old)
+
+
+def test_search_refuses_an_lps_model_other_than_the_one_indexed(tiny_zoo, tmp_path, capsys):
+    model, other = tmp_path / "lps", tmp_path / "other"
+    _untrained_lps(model, seed=0)
+    _untrained_lps(other, seed=1)
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(tiny_zoo), "--model", str(model), "--out", str(out)]) == 0
+    assert EmbeddingIndex.load(out).meta["model_sha256"] == model_checksum(model)
+    capsys.readouterr()
+    assert main(["search", f"{tiny_zoo}:1", "--index", str(out), "-k", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[:2] == ["1", "1"]
+    # an explicitly named other model, and the indexed model replaced in place
+    assert main(["search", f"{tiny_zoo}:1", "--index", str(out), "--model", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not the one this index was built with" in err[0]
+    _untrained_lps(model, seed=2)
+    assert main(["search", f"{tiny_zoo}:1", "--index", str(out)]) == 2
+    assert "checksum differs" in capsys.readouterr().err

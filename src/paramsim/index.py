@@ -24,6 +24,27 @@ META_FILE = "index.json"
 INDEX_FORMAT_VERSION = 1
 
 
+def model_checksum(model_dir: str | Path) -> str:
+    """sha256 of a saved LPS model's weights file: the index's embeddings are only meaningful
+    for the exact weights that produced them, so the index records this and search checks it."""
+    from paramsim.lps.fit import WEIGHTS_FILE
+    from paramsim.zoo.store import file_sha256
+
+    path = Path(model_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ParamsimError(
+            f"{model_dir} is not a saved LPS model (no {WEIGHTS_FILE}); pass the --model the "
+            "index was built with"
+        )
+    return file_sha256(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
@@ -86,6 +107,19 @@ class EmbeddingIndex:
         ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
         return scores, ids
 
+    def check_model(self, model_dir: str | Path) -> None:
+        """Refuse an LPS model whose weights are not the ones this index was built with."""
+        want = self.meta.get("model_sha256")
+        if not want:
+            raise ParamsimError(
+                "this index records no LPS model checksum; rebuild it with `paramsim index build`"
+            )
+        if model_checksum(model_dir) != want:
+            raise ParamsimError(
+                f"the LPS model in {model_dir} is not the one this index was built with "
+                "(weights checksum differs); rebuild the index with that --model"
+            )
+
     def task_of(self, model_id: int) -> str:
         where = np.flatnonzero(self.ids == model_id)
         return self.tasks[int(where[0])] if len(where) else ""
@@ -96,9 +130,14 @@ class EmbeddingIndex:
         import faiss
 
         d = Path(directory)
+        if d.exists() and not _replaceable(d):
+            raise ParamsimError(
+                f"{d} exists and is not a paramsim index; choose another output directory"
+            )
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=f".{d.name}."))
         try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual mode
             faiss.write_index(self._index, str(tmp / INDEX_FILE))
             doc = {
                 "format": "paramsim-index",
@@ -153,3 +192,11 @@ class EmbeddingIndex:
         if len(out.ids) != len(out) or len(out.tasks) != len(out) or out._index.d != out.dim:
             raise ParamsimError(f"{d} is inconsistent (ids vs vectors); rebuild the index")
         return out
+
+
+def _replaceable(d: Path) -> bool:
+    """True for an empty directory or one holding nothing but a paramsim index: replacing it
+    loses nothing of the user's."""
+    if not d.is_dir() or d.is_symlink():
+        return False
+    return {p.name for p in d.iterdir()} <= {INDEX_FILE, META_FILE}

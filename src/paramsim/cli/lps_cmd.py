@@ -162,7 +162,7 @@ def register(cli: click.Group) -> None:
     @compute_options()
     def index_build(zoo, model_dir, out, overwrite, fp16, seed, threads, quiet):
         """Embed every model of ZOO with the LPS model and store a cosine index."""
-        from paramsim.index import EmbeddingIndex
+        from paramsim.index import EmbeddingIndex, model_checksum
         from paramsim.use.models import resolve_models
         from paramsim.zoo import open_zoo
 
@@ -176,7 +176,11 @@ def register(cli: click.Group) -> None:
             emb = lps.embed(models.networks)
             idx = EmbeddingIndex(
                 emb.shape[1],
-                {"zoo": str(Path(zoo).resolve()), "model": str(Path(model_dir).resolve())},
+                {
+                    "zoo": str(Path(zoo).resolve()),
+                    "model": str(Path(model_dir).resolve()),
+                    "model_sha256": model_checksum(model_dir),
+                },
                 storage="fp16" if fp16 else "flat",
             )
             idx.add(emb, models.ids, models.tasks)
@@ -207,6 +211,7 @@ def register(cli: click.Group) -> None:
         model_dir = model_dir or idx.meta.get("model")
         if not model_dir:
             raise ParamsimError(f"{index_dir} does not name its LPS model; give --model DIR")
+        idx.check_model(model_dir)
         lps = _load_model(model_dir)
         models = resolve_models([query])
         scores, ids = idx.search(lps.embed(models.networks), k)
