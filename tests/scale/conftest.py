@@ -1,0 +1,21 @@
+"""Fixtures of the scale tests (module-scoped: each module builds its reference once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.scale.helpers import small_recipe, untrained_lps
+
+
+@pytest.fixture(scope="module")
+def lps_dir(tmp_path_factory) -> Path:
+    return untrained_lps(tmp_path_factory.mktemp("lps") / "lps")
+
+
+@pytest.fixture(scope="module")
+def local_zoo(tmp_path_factory) -> Path:
+    """The reference: small_recipe built in this process."""
+    from paramsim.zoo import build_zoo
+
+    return build_zoo(small_recipe(), tmp_path_factory.mktemp("local") / "zoo", progress=False)
