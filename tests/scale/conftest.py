@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from tests.scale.helpers import small_recipe, untrained_lps
+
+# Ray reads this once, when it is imported: with it, every Ray node, the GCS and the driver of
+# these tests use 127.0.0.1 (otherwise the GCS advertises the machine's other address).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(scope="module")
