@@ -227,3 +227,9 @@ def test_cli_index_kinds_and_filters(tiny_zoo, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("error:") for e in err)
     assert main(["search", f"{tiny_zoo}:0", "--index", str(out), "--arch", "cnn"]) == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    assert main([*args[:-3], "--out", str(mine)]) == 2
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]
+    assert not (tmp_path / ".mine.parts").exists()  # refused before any work

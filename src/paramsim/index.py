@@ -154,6 +154,7 @@ class EmbeddingIndex:
             faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT
         )
         index.cp.seed = 1234
+        index.cp.min_points_per_centroid = 1  # tiny indexes: one cell, no faiss warning
         index.nprobe = max(1, min(p["nprobe"], nlist))
         return index
 
@@ -399,10 +400,7 @@ class EmbeddingIndex:
         import faiss
 
         d = Path(directory)
-        if d.exists() and not _replaceable(d):
-            raise ParamsimError(
-                f"{d} exists and is not a paramsim index; choose another output directory"
-            )
+        check_output(d)
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=f".{d.name}."))
         try:
@@ -498,6 +496,16 @@ class EmbeddingIndex:
         if len(out.ids) != len(out) or out._index.d != out.dim:
             raise ParamsimError(f"{d} is inconsistent (ids vs vectors); rebuild the index")
         return out
+
+
+def check_output(directory: str | Path) -> None:
+    """Refuse an output directory that exists and is not an index of ours (call it before
+    the work, so a refusal costs nothing)."""
+    d = Path(directory)
+    if d.exists() and not _replaceable(d):
+        raise ParamsimError(
+            f"{d} exists and is not a paramsim index; choose another output directory"
+        )
 
 
 def _replaceable(d: Path) -> bool:
