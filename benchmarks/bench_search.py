@@ -63,6 +63,13 @@ def main() -> None:
     ap.add_argument("--nprobe", default="4,8,16,32", help="ivf nprobe values to try")
     ap.add_argument("--batch", type=int, default=100, help="also time exact in batches of this")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="directory to keep built indexes in: a rerun times queries without rebuilding "
+        "(build times are printed by the run that built them)",
+    )
+    ap.add_argument("--build-only", action="store_true", help="with --cache: build, no timing")
     args = ap.parse_args()
 
     import faiss
@@ -84,10 +91,38 @@ def main() -> None:
         f"({time.perf_counter() - t0:.1f} s to make)"
     )
 
+    from pathlib import Path
+
+    cache = Path(args.cache) if args.cache else None
+    tag = f"{args.data}-{args.n}-{args.dim}-{args.seed}"
+
+    def built(name: str, make):
+        """An index from the cache, or built now (and cached); (index, build seconds)."""
+        path = cache / f"{tag}-{name}" if cache else None
+        if path is not None and path.exists():
+            return EmbeddingIndex.load(path), None
+        faiss.omp_set_num_threads(max(threads))
+        start = time.perf_counter()
+        idx = make()
+        idx.add(x)
+        seconds = time.perf_counter() - start
+        if path is not None:
+            idx.save(path)
+        print(f"built {name} in {seconds:.1f} s", flush=True)
+        return idx, seconds
+
+    exact, _ = built("exact", lambda: EmbeddingIndex(args.dim))
     faiss.omp_set_num_threads(max(threads))
-    exact = EmbeddingIndex(args.dim)
-    exact.add(x)
     truth = exact.search(q, k)[1]
+    if args.build_only:
+        for name, make in (
+            ("fp16", lambda: EmbeddingIndex(args.dim, storage="fp16")),
+            ("hnsw", lambda: EmbeddingIndex(args.dim, kind="hnsw")),
+            ("ivf", lambda: EmbeddingIndex(args.dim, kind="ivf")),
+        ):
+            if name in kinds:
+                del built(name, make)[0]
+        return
     print(f"{'index':<28} {'build s':>8} {'threads':>7} {'recall@10':>9} {'ms/query':>9}")
 
     def row(name, build_s, t, rec, ms):
@@ -105,11 +140,7 @@ def main() -> None:
             ms_b = (time.perf_counter() - start) / len(q) * 1e3
             row(f"exact float32, batch {args.batch}", None, t, 1.0, ms_b)
     if "fp16" in kinds:
-        faiss.omp_set_num_threads(max(threads))
-        start = time.perf_counter()
-        fp16 = EmbeddingIndex(args.dim, storage="fp16")
-        fp16.add(x)
-        build = time.perf_counter() - start
+        fp16, build = built("fp16", lambda: EmbeddingIndex(args.dim, storage="fp16"))
         for t in threads:
             faiss.omp_set_num_threads(t)
             ms, ids = time_single(fp16, q, k)
@@ -119,11 +150,7 @@ def main() -> None:
     for kind, key, values in (("hnsw", "ef_search", args.ef), ("ivf", "nprobe", args.nprobe)):
         if kind not in kinds:
             continue
-        faiss.omp_set_num_threads(max(threads))
-        start = time.perf_counter()
-        idx = EmbeddingIndex(args.dim, kind=kind)
-        idx.add(x)
-        build = time.perf_counter() - start
+        idx, build = built(kind, lambda kind=kind: EmbeddingIndex(args.dim, kind=kind))
         extra = f" nlist {idx.params['nlist']}" if kind == "ivf" else ""
         for v in (int(s) for s in values.split(",")):
             for t in threads:
