@@ -121,7 +121,7 @@ def main() -> None:
             ("ivf", lambda: EmbeddingIndex(args.dim, kind="ivf")),
         ):
             if name in kinds:
-                del built(name, make)[0]
+                built(name, make)
         return
     print(f"{'index':<28} {'build s':>8} {'threads':>7} {'recall@10':>9} {'ms/query':>9}")
 
