@@ -14,6 +14,7 @@ per call (what `paramsim search` does), timed over --queries queries after a war
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -86,6 +87,7 @@ def main() -> None:
     t0 = time.perf_counter()
     x = make_data(args.n, args.dim, args.data, args.seed, centres)
     q = make_data(args.queries, args.dim, args.data, args.seed + 1, centres)
+    print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(
         f"data: {args.n:,} x {args.dim} {args.data}, {args.queries} queries "
         f"({time.perf_counter() - t0:.1f} s to make)"
@@ -159,6 +161,7 @@ def main() -> None:
                 row(f"{kind}{extra} {key} {v}", build, t, recall(ids, truth), ms)
                 build = None
         del idx
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
