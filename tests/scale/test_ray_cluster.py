@@ -59,7 +59,12 @@ def cluster():
         head_node_args={
             **NODE,
             # notice a dead node within ~2 s, so its tasks are retried promptly
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
+            # and run workers at normal priority (Ray's niceness 15 starves them under load)
+            "_system_config": {
+                "health_check_period_ms": 500,
+                "health_check_failure_threshold": 4,
+                "worker_niceness": 0,
+            },
         },
     )
     worker = c.add_node(**NODE)
