@@ -123,6 +123,11 @@ def collect_items(sources: Sequence[str]) -> list[Item]:
         elif head and tail.isdigit() and _is_zoo(Path(head)):
             items += _zoo_items(Path(head), [int(tail)])
         elif path.is_file():
+            if not path.name.endswith(CHECKPOINT_SUFFIXES):
+                raise ParamsimError(
+                    f"{s} is not a zoo, ZOO:ID or checkpoint file "
+                    f"({', '.join(CHECKPOINT_SUFFIXES)})"
+                )
             items.append(_file_item(path))
         elif path.is_dir():
             found = _walk(path)
@@ -132,7 +137,9 @@ def collect_items(sources: Sequence[str]) -> list[Item]:
                 )
             items += found
         else:
-            raise ParamsimError(f"{s} is neither a zoo, ZOO:ID, a checkpoint file nor a directory")
+            raise ParamsimError(
+                f"{s} is neither a zoo directory, ZOO:ID, a checkpoint file nor a directory"
+            )
     if not items:
         raise ParamsimError("no models given")
     return items
