@@ -1,9 +1,19 @@
-"""A search index over model embeddings: exhaustive inner product on L2-normalised vectors,
-so scores are cosine similarities; ids and task names travel with it.
+"""A search index over model embeddings: inner product on L2-normalised vectors, so scores
+are cosine similarities; ids and per-model metadata (task, architecture, accuracy, where the
+model came from) travel with it, so searches can be filtered.
 
-Storage "flat" (faiss IndexFlatIP) is exact; "fp16" (IndexScalarQuantizer, fp16) is still
-exhaustive but reads half the memory per query (scores within ~1e-3), which is what a scan
-over a million stored models is bound by."""
+Kinds (see docs/SCALING.md for measured recall and speed at a million models):
+
+* ``exact``: faiss IndexFlatIP, an exhaustive scan; storage ``fp16`` (IndexScalarQuantizer)
+  keeps it exhaustive but reads half the memory per query (scores within ~1e-3).
+* ``hnsw``: a navigable small-world graph (Malkov & Yashunin 2018), IndexHNSWFlat; query cost
+  grows with ``ef_search``, not with the number of models.
+* ``ivf``: an inverted file (k-means cells, IndexIVFFlat); a query scans ``nprobe`` cells.
+
+Filters (task, architecture, minimum accuracy) become a faiss ID selector passed through the
+search parameters. A filter that keeps few models is scored exactly on the kept vectors
+instead: a graph or cell search through a sparse filter misses neighbours.
+"""
 
 from __future__ import annotations
 
@@ -21,95 +31,406 @@ from paramsim.vectors import unit_rows
 
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"
-INDEX_FORMAT_VERSION = 1
+ITEMS_FILE = "items.npz"
+INDEX_FORMAT_VERSION = 2
+KINDS = ("exact", "hnsw", "ivf")
+DEFAULT_PARAMS = {
+    "exact": {},
+    "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 64},
+    "ivf": {"nlist": 0, "nprobe": 16},  # nlist 0: about 4 sqrt(n), fixed at the first add
+}
+# a filtered search that keeps at most this many models scores them exactly (a few ms)
+EXACT_SUBSET = 20_000
+_OWN_FILES = {INDEX_FILE, META_FILE, ITEMS_FILE}
+
+
+def model_checksum(model_dir: str | Path) -> str:
+    """sha256 of a saved LPS model's weights file: the index's embeddings are only meaningful
+    for the exact weights that produced them, so the index records this and search checks it."""
+    from paramsim.lps.fit import WEIGHTS_FILE
+    from paramsim.zoo.store import file_sha256
+
+    path = Path(model_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ParamsimError(
+            f"{model_dir} is not a saved LPS model (no {WEIGHTS_FILE}); pass the --model the "
+            "index was built with"
+        )
+    return file_sha256(path)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
+    """float32 (n, dim) rows scaled to unit length (zero rows stay zero)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ParamsimError(f"embeddings must be a 2-d array (n, dim), got shape {x.shape}")
     return unit_rows(x)
 
 
-class EmbeddingIndex:
-    """Add embeddings with integer ids (and optional task names); search by cosine."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-    def __init__(self, dim: int, meta: dict | None = None, storage: str = "flat") -> None:
+
+class _Vocab:
+    """Strings stored once, referred to by int32 codes (a million models share a few tasks)."""
+
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self.names = [str(n) for n in names]
+        self._code = {n: i for i, n in enumerate(self.names)}
+
+    def encode(self, values: Sequence[str]) -> np.ndarray:
+        out = np.empty(len(values), dtype=np.int32)
+        for i, v in enumerate(values):
+            v = str(v)
+            code = self._code.get(v)
+            if code is None:
+                code = self._code[v] = len(self.names)
+                self.names.append(v)
+            out[i] = code
+        return out
+
+
+class EmbeddingIndex:
+    """Add embeddings with integer ids and metadata; search by cosine, optionally filtered."""
+
+    def __init__(
+        self,
+        dim: int,
+        meta: dict | None = None,
+        storage: str = "flat",
+        kind: str = "exact",
+        params: dict | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ParamsimError(f"unknown index kind {kind!r}; use {', '.join(KINDS)}")
+        if storage not in ("flat", "fp16"):
+            raise ParamsimError(f"unknown index storage {storage!r}; use flat or fp16")
+        if storage == "fp16" and kind != "exact":
+            raise ParamsimError("fp16 storage is for the exact index only; drop --fp16")
+        unknown = set(params or {}) - set(DEFAULT_PARAMS[kind])
+        if unknown:
+            raise ParamsimError(f"unknown {kind} index settings {sorted(unknown)}")
+        self.dim = int(dim)
+        if self.dim < 1:
+            raise ParamsimError(f"an index needs at least one dimension, got {dim}")
+        self.kind = kind
+        self.storage = storage
+        self.params = {**DEFAULT_PARAMS[kind], **(params or {})}
+        for key, value in self.params.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ParamsimError(f"index setting {key} must be a whole number >= 0")
+        self.meta = dict(meta or {})
+        self._index = None if kind == "ivf" else self._new_index(0)
+        self.ids = np.zeros(0, dtype=np.int64)
+        self._task = np.zeros(0, dtype=np.int32)
+        self._arch = np.zeros(0, dtype=np.int32)
+        self._source = np.zeros(0, dtype=np.int32)
+        self.acc = np.zeros(0, dtype=np.float32)
+        self.local_ids = np.zeros(0, dtype=np.int64)
+        self._tasks, self._archs, self._sources = _Vocab(), _Vocab(), _Vocab()
+
+    # ------------------------------------------------------------------ building
+    def _new_index(self, n: int):
         import faiss
 
-        self.dim = int(dim)
-        if storage == "flat":
-            self._index = faiss.IndexFlatIP(self.dim)
-        elif storage == "fp16":
-            self._index = faiss.IndexScalarQuantizer(
-                self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-            )
-        else:
-            raise ParamsimError(f"unknown index storage {storage!r}; use flat or fp16")
-        self.storage = storage
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.tasks: list[str] = []
-        self.meta = dict(meta or {})
+        p = self.params
+        if self.kind == "exact":
+            if self.storage == "fp16":
+                return faiss.IndexScalarQuantizer(
+                    self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+                )
+            return faiss.IndexFlatIP(self.dim)
+        if self.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, max(p["m"], 2), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = max(p["ef_construction"], 1)
+            index.hnsw.efSearch = max(p["ef_search"], 1)
+            return index
+        nlist = p["nlist"] or int(round(4 * np.sqrt(max(n, 1))))
+        nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))  # faiss wants 39 points a cell
+        p["nlist"] = nlist
+        index = faiss.IndexIVFFlat(
+            faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT
+        )
+        index.cp.seed = 1234
+        index.cp.min_points_per_centroid = 1  # tiny indexes: one cell, no faiss warning
+        index.nprobe = max(1, min(p["nprobe"], nlist))
+        return index
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return 0 if self._index is None else int(self._index.ntotal)
 
     def add(
-        self, emb: np.ndarray, ids: Sequence[int] | None = None, tasks: Sequence[str] | None = None
+        self,
+        emb: np.ndarray,
+        ids: Sequence[int] | None = None,
+        tasks: Sequence[str] | None = None,
+        archs: Sequence[str] | None = None,
+        accs: Sequence[float] | None = None,
+        sources: Sequence[str] | None = None,
+        local_ids: Sequence[int] | None = None,
     ) -> None:
+        """Add vectors; metadata lists, when given, have one entry per vector (unknown task
+        or architecture: "", unknown accuracy: NaN). An IVF index trains on its first add."""
         x = _unit(emb)
+        n = len(x)
         if x.shape[1] != self.dim:
             raise ParamsimError(f"embeddings have {x.shape[1]} dims; the index holds {self.dim}")
         ids_a = (
-            np.arange(len(self), len(self) + len(x), dtype=np.int64)
+            np.arange(len(self), len(self) + n, dtype=np.int64)
             if ids is None
-            else np.asarray(ids, dtype=np.int64)
+            else np.asarray(ids, dtype=np.int64).reshape(-1)
         )
-        if len(ids_a) != len(x):
-            raise ParamsimError(f"{len(x)} embeddings but {len(ids_a)} ids")
-        names = list(tasks) if tasks is not None else [""] * len(x)
-        if len(names) != len(x):
-            raise ParamsimError(f"{len(x)} embeddings but {len(names)} task names")
-        self._index.add(x)
-        self.ids = np.concatenate([self.ids, ids_a])
-        self.tasks += [str(t) for t in names]
 
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n_queries, k), best first; cosine scores; -1 pads missing."""
+        def column(values, default, name):
+            out = [default] * n if values is None else list(values)
+            if len(out) != n:
+                raise ParamsimError(f"{n} embeddings but {len(out)} {name}")
+            return out
+
+        if len(ids_a) != n:
+            raise ParamsimError(f"{n} embeddings but {len(ids_a)} ids")
+        task_c = self._tasks.encode(column(tasks, "", "task names"))
+        arch_c = self._archs.encode(column(archs, "", "architectures"))
+        acc_a = np.asarray(column(accs, np.nan, "accuracies"), dtype=np.float32)
+        src_c = self._sources.encode(column(sources, "", "sources"))
+        local_a = np.asarray(column(local_ids, -1, "local ids"), dtype=np.int64)
+        all_ids = np.concatenate([self.ids, ids_a])
+        if len(np.unique(all_ids)) != len(all_ids):
+            raise ParamsimError("model ids must be unique within an index")
+        if n and (self._index is None or not self._index.is_trained):
+            self._index = self._new_index(n)
+            sample = x
+            cap = 64 * self.params["nlist"]  # k-means needs no more than this
+            if n > cap:
+                pick = np.random.default_rng(0).choice(n, cap, replace=False)
+                sample = x[np.sort(pick)]
+            self._index.train(sample)
+        if n:
+            self._index.add(x)
+        self.ids = all_ids
+        self._task = np.concatenate([self._task, task_c])
+        self._arch = np.concatenate([self._arch, arch_c])
+        self.acc = np.concatenate([self.acc, acc_a])
+        self._source = np.concatenate([self._source, src_c])
+        self.local_ids = np.concatenate([self.local_ids, local_a])
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def tasks(self) -> list[str]:
+        return [self._tasks.names[c] for c in self._task]
+
+    def _position(self, model_id: int) -> int | None:
+        where = np.flatnonzero(self.ids == model_id)
+        return int(where[0]) if len(where) else None
+
+    def task_of(self, model_id: int) -> str:
+        pos = self._position(model_id)
+        return "" if pos is None else self._tasks.names[self._task[pos]]
+
+    def arch_of(self, model_id: int) -> str:
+        pos = self._position(model_id)
+        return "" if pos is None else self._archs.names[self._arch[pos]]
+
+    def ref_of(self, model_id: int) -> str:
+        """Where the model came from: `ZOO:ID` for a zoo model, the file for a checkpoint."""
+        pos = self._position(model_id)
+        if pos is None:
+            return ""
+        source, local = self._sources.names[self._source[pos]], int(self.local_ids[pos])
+        return f"{source}:{local}" if source and local >= 0 else source
+
+    @property
+    def n_sources(self) -> int:
+        return len(set(self._source.tolist()))
+
+    def select(
+        self,
+        tasks: Sequence[str] = (),
+        archs: Sequence[str] = (),
+        min_acc: float | None = None,
+    ) -> np.ndarray | None:
+        """Positions of the models passing every filter (None when nothing filters).
+
+        `archs` entries match a full label ("mlp 64-32-32-2") or a kind ("mlp", "cnn"); a
+        model of unknown accuracy never passes `min_acc`. Names that match no stored model
+        are errors, so a typo is not an empty result."""
+        if not tasks and not archs and min_acc is None:
+            return None
+        keep = np.ones(len(self.ids), dtype=bool)
+        if tasks:
+            codes = [self._tasks._code.get(str(t)) for t in tasks]
+            missing = [t for t, c in zip(tasks, codes, strict=True) if c is None]
+            if missing:
+                known = ", ".join(repr(n) for n in sorted(self._tasks.names)[:8] if n)
+                raise ParamsimError(
+                    f"no stored model has task {missing[0]!r}; tasks look like {known or '(none)'}"
+                )
+            keep &= np.isin(self._task, np.asarray(codes, dtype=np.int32))
+        if archs:
+            codes = []
+            for a in archs:
+                hit = [
+                    i
+                    for i, n in enumerate(self._archs.names)
+                    if n and (n == a or n.split()[0] == a)
+                ]
+                if not hit:
+                    known = ", ".join(repr(n) for n in sorted(self._archs.names)[:8] if n)
+                    raise ParamsimError(
+                        f"no stored model has architecture {a!r}; stored: {known or '(none)'}"
+                    )
+                codes += hit
+            keep &= np.isin(self._arch, np.asarray(codes, dtype=np.int32))
+        if min_acc is not None:
+            with np.errstate(invalid="ignore"):
+                keep &= self.acc >= np.float32(min_acc)
+        return np.flatnonzero(keep).astype(np.int64)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        tasks: Sequence[str] = (),
+        archs: Sequence[str] = (),
+        min_acc: float | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n_queries, k), best first; cosine scores; -1 pads missing.
+
+        `ef_search` (hnsw) and `nprobe` (ivf) trade speed for recall per call; the stored
+        settings apply otherwise."""
         q = _unit(np.atleast_2d(queries))
         if q.shape[1] != self.dim:
             raise ParamsimError(f"queries have {q.shape[1]} dims; the index holds {self.dim}")
-        if not len(self):
+        keep = self.select(tasks, archs, min_acc)
+        n_avail = len(self) if keep is None else len(keep)
+        if not n_avail:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        k = max(1, min(int(k), len(self)))
-        scores, pos = self._index.search(q, k)
+        k = max(1, min(int(k), n_avail))
+        if keep is not None and len(keep) <= EXACT_SUBSET:
+            scores, pos = self._exact_subset(q, keep, k)
+        else:
+            params = self._params(keep, ef_search, nprobe, k)
+            scores, pos = self._index.search(q, k, params=params)
         ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
         return scores, ids
 
-    def task_of(self, model_id: int) -> str:
-        where = np.flatnonzero(self.ids == model_id)
-        return self.tasks[int(where[0])] if len(where) else ""
+    def _exact_subset(self, q: np.ndarray, keep: np.ndarray, k: int):
+        """Exhaustive scores over the kept positions only (reconstructed vectors)."""
+        if self.kind == "ivf":
+            self._index.make_direct_map()  # once; lets reconstruct find a vector's cell
+        scores = np.empty((len(q), k), np.float32)
+        pos = np.empty((len(q), k), np.int64)
+        best_s = np.full((len(q), 0), -np.inf, np.float32)
+        best_p = np.zeros((len(q), 0), np.int64)
+        for start in range(0, len(keep), EXACT_SUBSET):  # bounded memory for large subsets
+            part = keep[start : start + EXACT_SUBSET]
+            s = q @ self._index.reconstruct_batch(part).T
+            best_s = np.concatenate([best_s, s], axis=1)
+            best_p = np.concatenate([best_p, np.broadcast_to(part, s.shape)], axis=1)
+            if best_s.shape[1] > k:
+                top = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+                best_s = np.take_along_axis(best_s, top, axis=1)
+                best_p = np.take_along_axis(best_p, top, axis=1)
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        scores[:] = np.take_along_axis(best_s, order, axis=1)[:, :k]
+        pos[:] = np.take_along_axis(best_p, order, axis=1)[:, :k]
+        return scores, pos
 
+    def _params(self, keep: np.ndarray | None, ef_search: int | None, nprobe: int | None, k):
+        """faiss search parameters: the stored (or given) effort, and a selector for filters.
+
+        Through a filter that keeps a fraction f of the models, a graph or cell search finds
+        about f times as many candidates, so the effort is scaled by 1/f (at most 16x)."""
+        import faiss
+
+        boost = 1.0 if keep is None else min(16.0, len(self) / max(len(keep), 1))
+        sel = None if keep is None else self._selector(keep)
+        if self.kind == "hnsw":
+            ef = ef_search or self.params["ef_search"]
+            params = faiss.SearchParametersHNSW(efSearch=max(int(ef * boost), k))
+        elif self.kind == "ivf":
+            nlist = self.params["nlist"]
+            probe = min(nlist, max(1, int((nprobe or self.params["nprobe"]) * boost)))
+            params = faiss.SearchParametersIVF(nprobe=probe)
+        else:
+            params = faiss.SearchParameters()
+        if sel is not None:
+            params.sel = sel
+            params._keep_alive = sel  # the selector must outlive the search call
+        return params
+
+    def _selector(self, keep: np.ndarray):
+        """A hash-set selector for sparse filters, a bitmap for dense ones."""
+        import faiss
+
+        if len(keep) * 32 < len(self):
+            return faiss.IDSelectorBatch(keep)
+        bits = np.zeros(len(self), dtype=bool)
+        bits[keep] = True
+        packed = np.packbits(bits, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(packed))
+        sel._bits = packed  # keep the buffer alive as long as the selector
+        return sel
+
+    # ------------------------------------------------------------------ checks
+    def check_model(self, model_dir: str | Path) -> None:
+        """Refuse an LPS model whose weights are not the ones this index was built with."""
+        want = self.meta.get("model_sha256")
+        if not want:
+            raise ParamsimError(
+                "this index records no LPS model checksum; rebuild it with `paramsim index build`"
+            )
+        if model_checksum(model_dir) != want:
+            raise ParamsimError(
+                f"the LPS model in {model_dir} is not the one this index was built with "
+                "(weights checksum differs); rebuild the index with that --model"
+            )
+
+    # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> Path:
-        """Write the faiss index and a JSON of ids, task names and metadata; the directory is
-        replaced atomically, so a reader never sees half an index."""
+        """Write the faiss index, a JSON of settings and names, and the per-model arrays; the
+        directory is replaced atomically, so a reader never sees half an index, and only an
+        empty directory or an index of ours is ever replaced."""
         import faiss
 
         d = Path(directory)
+        check_output(d)
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=f".{d.name}."))
         try:
-            faiss.write_index(self._index, str(tmp / INDEX_FILE))
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual mode
+            index = self._index if self._index is not None else self._new_index(0)
+            faiss.write_index(index, str(tmp / INDEX_FILE))
             doc = {
                 "format": "paramsim-index",
                 "format_version": INDEX_FORMAT_VERSION,
                 "dim": self.dim,
+                "kind": self.kind,
                 "storage": self.storage,
-                "ids": self.ids.tolist(),
-                "tasks": self.tasks,
+                "params": self.params,
+                "n": len(self.ids),
+                "tasks": self._tasks.names,
+                "archs": self._archs.names,
+                "sources": self._sources.names,
                 "meta": self.meta,
             }
             (tmp / META_FILE).write_text(json.dumps(doc))
+            with open(tmp / ITEMS_FILE, "wb") as f:
+                np.savez(
+                    f,
+                    ids=self.ids,
+                    task=self._task,
+                    arch=self._arch,
+                    acc=self.acc,
+                    source=self._source,
+                    local=self.local_ids,
+                )
             if d.exists():
                 old = d.with_name(f".{d.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -128,7 +449,7 @@ class EmbeddingIndex:
         import faiss
 
         d = Path(directory)
-        if not (d / INDEX_FILE).is_file() or not (d / META_FILE).is_file():
+        if not all((d / name).is_file() for name in _OWN_FILES):
             raise ParamsimError(
                 f"{d} is not a paramsim index; build one with `paramsim index build ZOO`"
             )
@@ -144,12 +465,81 @@ class EmbeddingIndex:
                 f"reads {INDEX_FORMAT_VERSION}; rebuild it with `paramsim index build`"
             )
         try:
-            out = cls(doc["dim"], doc.get("meta"), doc.get("storage", "flat"))
-            out._index = faiss.read_index(str(d / INDEX_FILE))  # faiss format, never pickle
-            out.ids = np.asarray(doc["ids"], dtype=np.int64)
-            out.tasks = list(doc["tasks"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            out = cls(
+                doc["dim"], doc.get("meta"), doc.get("storage", "flat"), doc["kind"], doc["params"]
+            )
+            with np.load(d / ITEMS_FILE, allow_pickle=False) as items:
+                arrays = {k: items[k] for k in ("ids", "task", "arch", "acc", "source", "local")}
+            n = int(doc["n"])
+            if any(a.ndim != 1 or len(a) != n for a in arrays.values()):
+                raise ValueError("per-model arrays disagree in length")
+            out.ids = arrays["ids"].astype(np.int64)
+            out.acc = arrays["acc"].astype(np.float32)
+            out.local_ids = arrays["local"].astype(np.int64)
+            for attr, key, vocab in (
+                ("_task", "task", "tasks"),
+                ("_arch", "arch", "archs"),
+                ("_source", "source", "sources"),
+            ):
+                names = doc[vocab]
+                if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
+                    raise ValueError(f"{vocab} is not a list of names")
+                codes = arrays[key].astype(np.int32)
+                if n and (codes.min() < 0 or codes.max() >= len(names)):
+                    raise ValueError(f"{key} codes out of range")
+                setattr(out, attr, codes)
+                setattr(out, f"_{vocab}", _Vocab(names))
+            # faiss's own format, never pickle
+            out._index = faiss.read_index(str(d / INDEX_FILE))
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
             raise ParamsimError(f"{d} is damaged ({exc}); rebuild the index") from exc
-        if len(out.ids) != len(out) or len(out.tasks) != len(out) or out._index.d != out.dim:
+        if len(out.ids) != len(out) or out._index.d != out.dim:
             raise ParamsimError(f"{d} is inconsistent (ids vs vectors); rebuild the index")
         return out
+
+
+def check_output(directory: str | Path) -> None:
+    """Refuse an output directory that exists and is not an index of ours (call it before
+    the work, so a refusal costs nothing)."""
+    d = Path(directory)
+    if d.exists() and not _replaceable(d):
+        raise ParamsimError(
+            f"{d} exists and is not a paramsim index; choose another output directory"
+        )
+
+
+def _replaceable(d: Path) -> bool:
+    """True for an empty directory or one holding nothing but a paramsim index: replacing it
+    loses nothing of the user's."""
+    if not d.is_dir() or d.is_symlink():
+        return False
+    return {p.name for p in d.iterdir()} <= _OWN_FILES
+
+
+def build_index(
+    items: Sequence,
+    emb: np.ndarray,
+    archs: Sequence[str],
+    *,
+    kind: str = "exact",
+    storage: str = "flat",
+    meta: dict | None = None,
+    params: dict | None = None,
+) -> EmbeddingIndex:
+    """An index over bulk-embedded models (`paramsim.embed_bulk.Item`s, in order).
+
+    Ids are the zoo's model ids when every model comes from one zoo (what `search` prints
+    and `ZOO:ID` names), otherwise positions 0..n-1; `ref_of` says where each came from."""
+    one_zoo = len({it.source for it in items}) == 1 and all(it.local_id >= 0 for it in items)
+    ids = [it.local_id for it in items] if one_zoo else None
+    idx = EmbeddingIndex(emb.shape[1], meta, storage=storage, kind=kind, params=params)
+    idx.add(
+        emb,
+        ids,
+        tasks=[it.task for it in items],
+        archs=archs,
+        accs=[it.acc for it in items],
+        sources=[it.source for it in items],
+        local_ids=[it.local_id for it in items],
+    )
+    return idx

@@ -36,8 +36,8 @@ def _write_twice(capsys, tmp_path: Path, args: list, out: Path) -> None:
 def test_index_build(tiny_zoo, lps_model, tmp_path, capsys):
     out = tmp_path / "idx"
     _write_twice(capsys, tmp_path, ["index", "build", tiny_zoo, "--model", lps_model], out)
-    assert _names(out) == ["index.faiss", "index.json"]
-    assert len(json.loads((out / "index.json").read_text())["ids"]) == 9
+    assert _names(out) == ["index.faiss", "index.json", "items.npz"]
+    assert json.loads((out / "index.json").read_text())["n"] == 9
 
 
 def test_eval(tiny_zoo, tmp_path, capsys):

@@ -25,7 +25,7 @@ MAX_THREADS = 4096
 
 # what each command writes into --out: how an earlier output of ours is recognised
 FIT_OUTPUT = OutputKind("an LPS model", ("lps.json",), ("lps.json", "lps.safetensors"))
-INDEX_OUTPUT = OutputKind("an index", ("index.json",), ("index.json", "index.faiss"))
+INDEX_OUTPUT = OutputKind("an index", ("index.json",), ("index.json", "index.faiss", "items.npz"))
 EVAL_OUTPUT = OutputKind(
     "an eval report", ("results.json",), ("results.json", "results.md", "cmc.png", "relation.png")
 )

@@ -24,6 +24,33 @@ MAX_EPOCHS = 10_000
 MAX_K = 100_000
 NPY_MAGIC = b"\x93NUMPY"
 
+_EXECUTOR_OPTIONS = (
+    click.option(
+        "--executor",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="ray: embed chunks on Ray workers (pip install '.[ray]'; docs/SCALING.md).",
+    ),
+    click.option(
+        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: local)."
+    ),
+    click.option(
+        "--chunk-size",
+        type=click.IntRange(1, 1_000_000),
+        default=1024,
+        show_default=True,
+        help="Models per chunk (one part file each; a rerun reuses finished parts).",
+    ),
+)
+
+
+def executor_options(f):
+    """--executor, --address and --chunk-size, for the commands that embed many models."""
+    for opt in reversed(_EXECUTOR_OPTIONS):
+        f = opt(f)
+    return f
+
 
 def _load_model(path: str | Path):
     from paramsim.lps import LPS
@@ -131,18 +158,32 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--out", required=True, type=click.Path(), help=".npy file to write.")
     @overwrite_option
+    @executor_options
     @compute_options()
-    def embed_cmd(models, model_dir, out, overwrite, seed, threads, quiet):
-        """Embed MODELS (zoo directories, ZOO:ID, or checkpoint files) into one .npy array."""
-        from paramsim.use.models import resolve_models
+    def embed_cmd(
+        models, model_dir, out, overwrite, executor, address, chunk_size, seed, threads, quiet
+    ):
+        """Embed MODELS (zoo directories, ZOO:ID, checkpoint files, or directories searched
+        for both) into one .npy array, one row per model in the order given (a directory's
+        zoos and files in sorted path order)."""
+        from paramsim.embed_bulk import embed_sources
 
         check_output_file(out, "a .npy array", NPY_MAGIC, overwrite)
         set_threads(threads)
         set_seed(seed)
-        lps = _load_model(model_dir)
-        emb = lps.embed(resolve_models(models).networks)
+        _, emb, _, parts = embed_sources(
+            models,
+            model_dir,
+            out,
+            executor=executor,
+            address=address,
+            chunk_size=chunk_size,
+            threads=threads,
+            progress=not quiet,
+        )
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, emb)
+        parts.clear()
         click.echo(f"wrote {out}: {emb.shape[0]} x {emb.shape[1]}")
 
     @cli.group("index")
@@ -150,38 +191,72 @@ def register(cli: click.Group) -> None:
         """Search indexes over model embeddings."""
 
     @index_group.command("build")
-    @click.argument("zoo", type=click.Path())
+    @click.argument("sources", nargs=-1, required=True)
     @click.option("--model", "model_dir", required=True, type=click.Path())
     @click.option("--out", required=True, type=click.Path(), help="Index directory to write.")
     @overwrite_option
+    @click.option(
+        "--kind",
+        type=click.Choice(["exact", "hnsw", "ivf"]),
+        default="exact",
+        show_default=True,
+        help="exact: exhaustive scan; hnsw or ivf: approximate, under 1 ms a query at 1M "
+        "models (docs/SCALING.md).",
+    )
     @click.option(
         "--fp16",
         is_flag=True,
         help="Store vectors as fp16: still exhaustive, half the memory, ~2x faster at 1M models.",
     )
+    @executor_options
     @compute_options()
-    def index_build(zoo, model_dir, out, overwrite, fp16, seed, threads, quiet):
-        """Embed every model of ZOO with the LPS model and store a cosine index."""
-        from paramsim.index import EmbeddingIndex
-        from paramsim.use.models import resolve_models
-        from paramsim.zoo import open_zoo
+    def index_build(
+        sources,
+        model_dir,
+        out,
+        overwrite,
+        kind,
+        fp16,
+        executor,
+        address,
+        chunk_size,
+        seed,
+        threads,
+        quiet,
+    ):
+        """Embed every model of SOURCES (zoos, ZOO:ID, checkpoint files, directories of them)
+        with the LPS model and store a cosine index with each model's task, architecture and
+        accuracy (for `search --task/--arch/--min-acc`)."""
+        from paramsim.embed_bulk import embed_sources
+        from paramsim.index import build_index, model_checksum
 
         check_output_dir(out, INDEX_OUTPUT, overwrite)  # first: the cheapest refusal
         set_threads(threads)
         set_seed(seed)
-        open_zoo(zoo)  # a zoo directory, not a checkpoint file
-        lps = _load_model(model_dir)
+        items, emb, archs, parts = embed_sources(
+            sources,
+            model_dir,
+            out,
+            executor=executor,
+            address=address,
+            chunk_size=chunk_size,
+            threads=threads,
+            progress=not quiet,
+            unique=True,
+        )
+        meta = {
+            "sources": [str(Path(s).resolve()) for s in sources],
+            "zoo": str(Path(sources[0]).resolve()),
+            "model": str(Path(model_dir).resolve()),
+            "model_sha256": model_checksum(model_dir),
+        }
         with atomic_dir(out, INDEX_OUTPUT, overwrite) as tmp:
-            models = resolve_models([zoo])
-            emb = lps.embed(models.networks)
-            idx = EmbeddingIndex(
-                emb.shape[1],
-                {"zoo": str(Path(zoo).resolve()), "model": str(Path(model_dir).resolve())},
-                storage="fp16" if fp16 else "flat",
+            idx = build_index(
+                items, emb, archs, kind=kind, storage="fp16" if fp16 else "flat", meta=meta
             )
-            idx.add(emb, models.ids, models.tasks)
             idx.save(tmp)
-        click.echo(f"indexed {len(idx)} models of {zoo} in {out}")
+        parts.clear()
+        click.echo(f"indexed {len(idx)} models of {', '.join(sources)} in {out} ({kind})")
 
     @cli.command("search")
     @click.argument("query")
@@ -194,8 +269,22 @@ def register(cli: click.Group) -> None:
         help="LPS model (default: the one the index was built with).",
     )
     @click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True)
+    @click.option("--task", "tasks", multiple=True, help="Only models of this task (repeatable).")
+    @click.option(
+        "--arch",
+        "archs",
+        multiple=True,
+        help="Only this architecture: a label like 'mlp 64-32-32-2' or a kind, mlp or cnn "
+        "(repeatable).",
+    )
+    @click.option(
+        "--min-acc",
+        type=click.FloatRange(0, 1),
+        default=None,
+        help="Only models whose test accuracy is at least this.",
+    )
     @compute_options()
-    def search_cmd(query, index_dir, model_dir, k, seed, threads, quiet):
+    def search_cmd(query, index_dir, model_dir, k, tasks, archs, min_acc, seed, threads, quiet):
         """The stored models nearest to QUERY: a checkpoint file, ZOO:ID, or a whole zoo (a
         table per model of it)."""
         from paramsim.index import EmbeddingIndex
@@ -207,15 +296,25 @@ def register(cli: click.Group) -> None:
         model_dir = model_dir or idx.meta.get("model")
         if not model_dir:
             raise ParamsimError(f"{index_dir} does not name its LPS model; give --model DIR")
+        idx.check_model(model_dir)
+        keep = idx.select(tasks, archs, min_acc)
+        if keep is not None and not len(keep):
+            raise ParamsimError("no stored model passes --task/--arch/--min-acc together")
         lps = _load_model(model_dir)
         models = resolve_models([query])
-        scores, ids = idx.search(lps.embed(models.networks), k)
+        scores, ids = idx.search(
+            lps.embed(models.networks), k, tasks=tasks, archs=archs, min_acc=min_acc
+        )
+        refs = idx.n_sources > 1  # name where each hit came from when it is not one zoo
         for q, (label, task) in enumerate(zip(models.labels, models.tasks, strict=True)):
             if q:
                 click.echo("")
             click.echo(f"query {label}" + (f" (task {task})" if task else ""))
-            click.echo(f"{'rank':>4}  {'id':>7}  {'score':>7}  task")
+            click.echo(
+                f"{'rank':>4}  {'id':>7}  {'score':>7}  task" + ("  (model)" if refs else "")
+            )
             for r, (s, i) in enumerate(zip(scores[q], ids[q], strict=True), 1):
                 if i < 0:
                     break
-                click.echo(f"{r:>4}  {i:>7}  {s:>7.4f}  {idx.task_of(int(i))}")
+                line = f"{r:>4}  {i:>7}  {s:>7.4f}  {idx.task_of(int(i))}"
+                click.echo(line + (f"  ({idx.ref_of(int(i))})" if refs else ""))

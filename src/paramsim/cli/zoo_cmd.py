@@ -40,22 +40,50 @@ def zoo() -> None:
 @click.option(
     "--shard-size", type=click.IntRange(min=1), default=None, help="Models trained together."
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: one Ray task per shard (pip install '.[ray]'; docs/SCALING.md).",
+)
+@click.option("--address", default=None, help="Ray cluster: auto or HOST:PORT (default: local).")
 @compute_options("Zoo seed: every model's draws and the validation rows.")
-def build(recipe, out, models_per_task, tasks, seed, device, data_dir, shard_size, threads, quiet):
+def build(
+    recipe,
+    out,
+    models_per_task,
+    tasks,
+    device,
+    data_dir,
+    shard_size,
+    executor,
+    address,
+    seed,
+    threads,
+    quiet,
+):
     """Train the models of RECIPE (a name or a .toml file) into OUT.
 
     A rerun into the same OUT resumes: shards whose checksum fails are trained again.
     """
+    from paramsim.executors import make_executor
     from paramsim.zoo import build_zoo, load_recipe, open_zoo
+    from paramsim.zoo.build import check_out
 
     set_threads(threads)
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    local_cuda = executor == "local" and device.startswith("cuda")  # Ray checks its nodes
+    if local_cuda and not torch.cuda.is_available():
         raise ParamsimError(f"--device {device} asked for, but CUDA is not available; use cpu")
     rec = load_recipe(recipe).with_overrides(
         models_per_task=models_per_task, tasks=tasks, shard_size=shard_size
     )
+    check_out(Path(out))  # before Ray starts: the cheapest refusal first
     start = time.perf_counter()
-    build_zoo(rec, out, seed=seed, device=device, data_dir=data_dir, progress=not quiet)
+    with make_executor(executor, address, device=device, threads=threads) as ex:
+        build_zoo(
+            rec, out, seed=seed, device=device, data_dir=data_dir, progress=not quiet, executor=ex
+        )
     s = open_zoo(out).summary()
     if not quiet:
         acc, val = s["test_acc"], s["val_acc"]

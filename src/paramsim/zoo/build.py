@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import math
 import numbers
@@ -154,6 +155,34 @@ def build_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+@dataclass(frozen=True)
+class ShardContext:
+    """What every shard job needs besides its plans. An executor that ships jobs elsewhere
+    (Ray) gets it without `dataset` and `on_step`: workers read the data set themselves."""
+
+    recipe: Recipe
+    seed: int
+    device: str
+    data_dir: str | None
+    dataset: Dataset | None = None
+    on_step: Callable[[int], None] | None = None
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_dataset(name: str, data_dir: str | None) -> Dataset:
+    return load_dataset(name, data_dir)
+
+
+def run_shard(ctx: ShardContext, shard: Shard) -> tuple[list[TrainedModel], float]:
+    """One shard job: (train_shard's results, seconds). It writes nothing."""
+    if ctx.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsimError(f"--device {ctx.device}, but torch here has no CUDA; use cpu")
+    dataset = ctx.dataset or _worker_dataset(ctx.recipe.dataset, ctx.data_dir)
+    start = time.perf_counter()
+    results = train_shard(shard, ctx.recipe, dataset, ctx.seed, ctx.device, ctx.on_step)
+    return results, time.perf_counter() - start
+
+
 def build_zoo(
     recipe: Recipe,
     out: str | Path,
@@ -161,8 +190,16 @@ def build_zoo(
     device: str = "cpu",
     data_dir: str | Path | None = None,
     progress: bool = True,
+    executor=None,
 ) -> Path:
-    """Build (or resume, or repair) the zoo in `out`. Returns the directory."""
+    """Build (or resume, or repair) the zoo in `out`. Returns the directory.
+
+    `executor` (paramsim.executors) runs the shard jobs, by default in this process; the
+    driver alone writes shards and registry rows, in the order the jobs finish."""
+    from paramsim.executors import LocalExecutor
+
+    executor = executor or LocalExecutor()
+    local = executor.name == "local"
     out = Path(out)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
         raise ParamsimError(f"zoo seed {seed!r} is not valid; use an integer from 0 to 2**32-1")
@@ -192,9 +229,19 @@ def build_zoo(
             _write_meta(conn, out, meta, tasks)
             remaining = _shards_to_train(conn, out, shards, say)
             total = sum(max(p.steps for p in s.plans) for s in remaining)
-            bar = _progress(total, progress, recipe)
-            for shard in remaining:
-                _build_shard(conn, out, shard, recipe, dataset, seed, device, bar)
+            bar = _progress(total if local else len(remaining), progress, recipe, local)
+            ctx = ShardContext(
+                recipe,
+                seed,
+                device,
+                str(Path(data_dir).resolve()) if data_dir else None,  # workers' cwd differs
+                dataset if local else None,
+                (lambda _t: bar.update(1)) if local else None,
+            )
+            for pos, (results, seconds) in executor.map(run_shard, ctx, remaining):
+                if not local:
+                    bar.update(1)
+                _write_shard(conn, out, remaining[pos], results, seconds, seed)
             bar.close()
         finally:
             conn.close()
@@ -229,9 +276,10 @@ def _shards_to_train(conn, out: Path, shards: list[Shard], say) -> list[Shard]:
     return remaining
 
 
-def _build_shard(conn, out: Path, shard: Shard, recipe, dataset, seed, device, bar) -> None:
-    start = time.perf_counter()
-    results = train_shard(shard, recipe, dataset, seed, device, lambda _t: bar.update(1))
+def _write_shard(
+    conn, out: Path, shard: Shard, results: list[TrainedModel], seconds: float, seed: int
+) -> None:
+    """The driver's part: the shard file (atomically), then its rows in one transaction."""
     tensors = {f"{r.plan.model_id}/{k}": v for r in results for k, v in r.state_dict.items()}
     path = out / SHARDS / shard.name
     atomic_save_tensors(tensors, path, metadata={"zoo_seed": str(seed)})
@@ -257,7 +305,7 @@ def _build_shard(conn, out: Path, shard: Shard, recipe, dataset, seed, device, b
         conn.execute("DELETE FROM models WHERE shard = ?", (shard.name,))
         conn.execute(
             "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)",
-            (shard.name, digest, len(results), time.perf_counter() - start),
+            (shard.name, digest, len(results), seconds),
         )
         marks = ", ".join("?" * len(rows[0]))
         conn.executemany(f"INSERT OR REPLACE INTO models ({MODEL_COLUMNS}) VALUES ({marks})", rows)
@@ -291,10 +339,13 @@ def _write_meta(conn, out: Path, meta: dict, tasks) -> None:
         )
 
 
-def _progress(total: int, enabled: bool, recipe: Recipe):
+def _progress(total: int, enabled: bool, recipe: Recipe, steps: bool = True):
     from tqdm.auto import tqdm
 
     # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean
     return tqdm(
-        total=total, disable=None if enabled else True, desc=f"zoo {recipe.name}", unit="step"
+        total=total,
+        disable=None if enabled else True,
+        desc=f"zoo {recipe.name}",
+        unit="step" if steps else "shard",
     )
