@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
-pip install -q -c constraints.txt -e ".[test]"
+pip install -q -c constraints.txt -e ".[test,ray]"
 python -m pytest "$@"
