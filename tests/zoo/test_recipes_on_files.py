@@ -54,3 +54,41 @@ def test_cifar_recipe_trains_batchnorm_cnns_and_exports_them(tmp_path):
 def test_file_recipes_without_data_dir_fail_clearly(tmp_path, capsys):
     assert main(["zoo", "build", "idx-pairs", "--out", str(tmp_path / "z"), "--quiet"]) == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["fashion-pairs", "fashion-pairs-cnn"])
+def test_fashion_recipes_read_the_package_directory_by_default(tmp_path, monkeypatch, recipe):
+    import paramsim.data.datasets as datasets
+
+    (tmp_path / "pkg").mkdir()
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", make_idx_dir(tmp_path / "pkg", gz=True))
+    out = tmp_path / "zoo"
+    args = ["zoo", "build", recipe, "--out", str(out), "--tasks", "0-1"]
+    assert main([*args, "--models-per-task", "1", "--quiet"]) == 0
+    zoo = Zoo(out)
+    assert zoo.records[0].arch.kind == ("cnn" if recipe.endswith("cnn") else "mlp")
+    assert zoo.records[0].arch.input_shape == (1, 5, 5)
+    ds = zoo.dataset()  # reopened later, still from the default directory
+    assert ds.name == "fashion-mnist" and len(ds.y_train) == 40
+
+
+def test_fashion_recipe_prefers_data_dir_over_the_package(tmp_path, monkeypatch):
+    import paramsim.data.datasets as datasets
+
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path / "absent")
+    (tmp_path / "idx").mkdir()
+    data = make_idx_dir(tmp_path / "idx")
+    out = tmp_path / "zoo"
+    args = ["zoo", "build", "fashion-pairs", "--out", str(out), "--data-dir", str(data)]
+    assert main([*args, "--tasks", "2-3", "--models-per-task", "1", "--quiet"]) == 0
+    assert Zoo(out).dataset().name == "fashion-mnist"
+
+
+def test_fashion_recipe_without_the_package_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    import paramsim.data.datasets as datasets
+
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path / "absent")
+    assert main(["zoo", "build", "fashion-pairs", "--out", str(tmp_path / "z"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "apt-get install dataset-fashion-mnist" in err and "--data-dir" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "z").exists()

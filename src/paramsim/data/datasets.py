@@ -210,14 +210,30 @@ def _safe_unpickle(path: Path) -> dict:
     return obj
 
 
+# Where Debian's package `dataset-fashion-mnist` installs the four gzipped IDX files: the
+# Fashion-MNIST recipes read them from here when no --data-dir is given, so they run with no
+# options where the package is installed, while CI (which lacks it) passes tiny files.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Resolve a dataset name as used by recipes and the CLI."""
     if name == "digits":
         return load_digits()
+    if name == "fashion-mnist":
+        directory = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+        if data_dir is None and not all(_find(directory, s) for s in IDX_FILES.values()):
+            raise ParamsimError(
+                f"Fashion-MNIST is not in {directory}; run `apt-get install "
+                "dataset-fashion-mnist` or pass --data-dir DIR holding its four IDX files"
+            )
+        return load_idx(directory, name="fashion-mnist")
     if data_dir is None:
         raise ParamsimError(f"dataset {name!r} needs --data-dir pointing at its files")
     if name in ("cifar10", "cifar100"):
         return load_cifar(data_dir, int(name[5:]))
     if name == "idx":
         return load_idx(data_dir)
-    raise ParamsimError(f"unknown dataset {name!r}; choose digits, idx, cifar10 or cifar100")
+    raise ParamsimError(
+        f"unknown dataset {name!r}; choose digits, fashion-mnist, idx, cifar10 or cifar100"
+    )

@@ -389,6 +389,23 @@ RECIPES: dict[str, Recipe] = {
             shard_size=50,
             description="ModelSet500: 50 disjoint CIFAR-100 pairs x 10 CNNs (needs --data-dir)",
         ),
+        # Fashion-MNIST (28x28 clothing images): the realistic benchmark. Read from
+        # --data-dir, else from where Debian's dataset-fashion-mnist package puts it.
+        Recipe(
+            "fashion-pairs",
+            dataset="fashion-mnist",
+            description="45 Fashion-MNIST pair tasks x 11 MLPs 784-32-32-2 (digits-pairs ranges)",
+        ),
+        Recipe(
+            "fashion-pairs-cnn",
+            dataset="fashion-mnist",
+            archs=({"kind": "cnn", "hidden": (8, 16), "pool_after": (0,)},),
+            log10_lr=(-3.0, -1.8),
+            init_scale=(0.5, 2.0),
+            steps=(300, 300),
+            min_test_acc=0.8,
+            description="45 Fashion-MNIST pair tasks x 11 CNNs (3x3 convs, pool after conv 1)",
+        ),
         Recipe(
             "idx-pairs",
             dataset="idx",
