@@ -396,15 +396,20 @@ RECIPES: dict[str, Recipe] = {
             dataset="fashion-mnist",
             description="45 Fashion-MNIST pair tasks x 11 MLPs 784-32-32-2 (digits-pairs ranges)",
         ),
+        # Three convs with pooling after the first two: on the hardest pairs (shirt vs
+        # T-shirt, pullover vs coat, ...) the two-conv 8-16 CNN reached test accuracy
+        # 0.59-0.77 and this one 0.67-0.84 in 300 steps (benchmarks/choose_fashion_cnn.py),
+        # so a floor of 0.8 would retrain most hard-pair models to no avail; 0.75 retrains
+        # the failures.
         Recipe(
             "fashion-pairs-cnn",
             dataset="fashion-mnist",
-            archs=({"kind": "cnn", "hidden": (8, 16), "pool_after": (0,)},),
-            log10_lr=(-3.0, -1.8),
+            archs=({"kind": "cnn", "hidden": (8, 16, 32), "pool_after": (0, 1)},),
+            log10_lr=(-2.7, -1.8),
             init_scale=(0.5, 2.0),
             steps=(300, 300),
-            min_test_acc=0.8,
-            description="45 Fashion-MNIST pair tasks x 11 CNNs (3x3 convs, pool after conv 1)",
+            min_test_acc=0.75,
+            description="45 Fashion-MNIST pair tasks x 11 CNNs 8-16-32 (3x3 convs, 2 pools, GAP)",
         ),
         Recipe(
             "idx-pairs",
