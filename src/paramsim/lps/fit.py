@@ -1,5 +1,6 @@
-"""Training the LPS network: metric learning over training tasks, early stopping on
-validation tasks, symmetry-respecting augmentation, and safe save/load."""
+"""Training the LPS network (metric learning over training tasks, early stopping on
+validation tasks) and its safe save/load. The pool and augmentation live in pool.py,
+the losses in losses.py."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from paramsim.atomic import atomic_path, atomic_write
 from paramsim.data.tasks import Task, canonical_name, task_key
 from paramsim.errors import ParamsimError
 from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig, finite_json
+from paramsim.lps.losses import make_metric_loss, relation_loss
 from paramsim.lps.model import LPSNet
+from paramsim.lps.pool import TrainingPool, embed_pool, task_batches
 from paramsim.ranking import all_vs_all_map
-from paramsim.weights import Network, NetworkStack, group_by_signature
+from paramsim.weights import Network
 
 ProgressFn = Callable[[dict], None]
 CONFIG_FILE = "lps.json"
@@ -56,164 +58,6 @@ def filter_extra(
         if k in train_keys or tuple(sorted(len(s) for s in t.sides)) not in shapes:
             keep.append(i)
     return keep
-
-
-# --------------------------------------------------------------------------- data pool
-
-
-@dataclass
-class _Group:
-    template: Network
-    weights: tuple[torch.Tensor, ...]
-    biases: tuple[torch.Tensor, ...]
-    members: np.ndarray  # pool indices of this group's models, in stack order
-
-
-@dataclass
-class _Pool:
-    """Networks stacked per architecture so a batch is a few batched forward passes."""
-
-    groups: list[_Group]
-    where: np.ndarray  # (n, 2): group index and row within the group
-    labels: np.ndarray
-
-    @classmethod
-    def build(cls, nets: Sequence[Network], labels: Sequence[int]) -> _Pool:
-        groups = []
-        where = np.zeros((len(nets), 2), dtype=np.int64)
-        for g, idx in enumerate(group_by_signature(nets)):
-            st = NetworkStack.from_networks([nets[i] for i in idx])
-            groups.append(_Group(st.template, st.weights, st.biases, np.asarray(idx)))
-            where[idx, 0] = g
-            where[idx, 1] = np.arange(len(idx))
-        return cls(groups, where, np.asarray(labels, dtype=np.int64))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def _augment(
-    g: _Group, rows: torch.Tensor, cfg: FitConfig, gen: torch.Generator
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Selected models with ReLU rescaling of hidden units and small weight noise.
-
-    Both keep the function (rescaling exactly, noise nearly), so the metric should ignore
-    them; hidden permutations are not drawn because the network is exactly invariant to them.
-    """
-    ws = [w[rows] for w in g.weights]
-    bs = [b[rows] for b in g.biases]
-    m = len(rows)
-    if cfg.rescale_aug > 0:
-        for i in range(len(ws) - 1):
-            if "relu" not in g.template.layers[i].post:
-                continue
-            units = ws[i].shape[1]
-            a = torch.exp((torch.rand(m, units, generator=gen) * 2 - 1) * cfg.rescale_aug)
-            ws[i] = ws[i] * a.reshape(m, units, *([1] * (ws[i].dim() - 2)))
-            bs[i] = bs[i] * a
-            nxt = ws[i + 1]
-            if nxt.shape[2] != units:  # conv -> flatten -> linear is not rescaled here
-                continue
-            ws[i + 1] = nxt / a.reshape(m, 1, units, *([1] * (nxt.dim() - 3)))
-    if cfg.noise_aug > 0:
-        for i, w in enumerate(ws):
-            std = w.flatten(1).std(dim=1).reshape(m, *([1] * (w.dim() - 1)))
-            ws[i] = w + cfg.noise_aug * std * torch.randn(w.shape, generator=gen)
-    return ws, bs
-
-
-def _embed_pool(
-    net: LPSNet, pool: _Pool, idx: np.ndarray, aug: FitConfig | None, gen: torch.Generator
-) -> torch.Tensor:
-    """Embeddings of pool models `idx` (in that order); augmented when `aug` is given."""
-    out = torch.zeros(len(idx), net.config.emb_dim)
-    gi = pool.where[idx, 0]
-    for g in np.unique(gi):
-        pos = np.flatnonzero(gi == g)
-        rows = torch.as_tensor(pool.where[idx[pos], 1])
-        grp = pool.groups[int(g)]
-        keep = None
-        if aug is not None:
-            ws, bs = _augment(grp, rows, aug, gen)
-            if aug.branch_dropout > 0 and net.config.func_branch:
-                keep = (torch.rand(len(rows), generator=gen) >= aug.branch_dropout).float()
-        else:
-            ws = [w[rows] for w in grp.weights]
-            bs = [b[rows] for b in grp.biases]
-        out = out.index_put((torch.as_tensor(pos),), net.forward_stack(grp.template, ws, bs, keep))
-    return out
-
-
-def _batches(labels: np.ndarray, cfg: FitConfig, rng: np.random.Generator) -> list[np.ndarray]:
-    """Task-balanced batches: `tasks_per_batch` tasks with `models_per_task` models each, so
-    every anchor has positives; one epoch sees every model about once."""
-    by_task: dict[int, list[int]] = {}
-    for i, t in enumerate(labels):
-        by_task.setdefault(int(t), []).append(i)
-    queues = {t: list(rng.permutation(v)) for t, v in by_task.items()}
-    tasks = [t for t, v in by_task.items() if len(v) >= 2]
-    n_batches = max(cfg.min_batches, len(labels) // (cfg.tasks_per_batch * cfg.models_per_task))
-    out = []
-    for _ in range(n_batches):
-        chosen = rng.choice(tasks, size=min(cfg.tasks_per_batch, len(tasks)), replace=False)
-        batch = []
-        for t in chosen:
-            q = queues[int(t)]
-            if len(q) < cfg.models_per_task:
-                q.extend(rng.permutation(by_task[int(t)]))
-            batch += [q.pop() for _ in range(min(cfg.models_per_task, len(by_task[int(t)])))]
-        out.append(np.asarray(batch))
-    return out
-
-
-def _make_loss(cfg: FitConfig, n_classes: int, emb_dim: int, gen: torch.Generator):
-    """(loss function, extra trainable module or None)."""
-    from pytorch_metric_learning import losses
-
-    if cfg.loss == "supcon":
-        return losses.SupConLoss(temperature=cfg.temperature), None
-    if cfg.loss == "multisim":
-        return losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5), None
-    if cfg.loss == "ce":
-        clf = nn.Linear(emb_dim, n_classes, bias=False)
-        with torch.no_grad():
-            clf.weight.copy_(torch.randn(n_classes, emb_dim, generator=gen) * 0.01)
-        scale = 1.0 / cfg.temperature
-
-        def ce(emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            w = clf.weight / clf.weight.norm(dim=1, keepdim=True).clamp_min(1e-8)
-            return nn.functional.cross_entropy(scale * emb @ w.T, labels)
-
-        return ce, clf
-    raise ParamsimError(f"unknown loss {cfg.loss!r}; use supcon, multisim or ce")
-
-
-def relation_loss(emb: torch.Tensor, labels: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-    """1 - Pearson correlation between task-pair similarity and shared classes in a batch.
-
-    Task-pair similarity is the mean cosine over the two tasks' models (the dot product of
-    their mean unit embeddings), as the relation score measures it. `shared[a, b]` is the
-    number of classes tasks a and b (label values) have in common. Scale-free, so it only asks
-    for the ordering of relations and leaves the retrieval margin to the contrastive loss; 0
-    (and a flat gradient) when similarity is an increasing linear function of shared classes.
-    Zero when the batch has fewer than three tasks or a constant relation.
-    """
-    uniq, inv = torch.unique(labels, return_inverse=True)
-    if len(uniq) < 3:
-        return emb.sum() * 0.0
-    onehot = torch.zeros(len(uniq), len(labels), dtype=emb.dtype)
-    onehot[inv, torch.arange(len(labels))] = 1.0
-    means = (onehot / onehot.sum(1, keepdim=True)) @ emb
-    sim = means @ means.T
-    iu = torch.triu_indices(len(uniq), len(uniq), offset=1)
-    x = sim[iu[0], iu[1]]
-    y = shared[uniq][:, uniq][iu[0], iu[1]].to(emb.dtype)
-    if float(y.std()) == 0.0:
-        return emb.sum() * 0.0
-    x = x - x.mean()
-    y = y - y.mean()
-    corr = (x * y).sum() / (x.norm() * y.norm()).clamp_min(1e-12)
-    return 1.0 - corr
 
 
 # --------------------------------------------------------------------------- the model
@@ -293,7 +137,7 @@ class LPS:
             raise ParamsimError(why)
         keys = {}
         labels = [keys.setdefault(task_key(t), len(keys)) for t in all_tasks]
-        pool = _Pool.build(all_nets, labels)
+        pool = TrainingPool.build(all_nets, labels)
         key_classes = [set().union(*map(set, k)) for k in keys]
         shared = torch.tensor(
             [[len(a & b) for b in key_classes] for a in key_classes], dtype=torch.float32
@@ -301,9 +145,11 @@ class LPS:
         val_pool = None
         if val is not None and len(val[0]):
             vk: dict = {}
-            val_pool = _Pool.build(val[0], [vk.setdefault(task_key(t), len(vk)) for t in val[1]])
+            val_pool = TrainingPool.build(
+                val[0], [vk.setdefault(task_key(t), len(vk)) for t in val[1]]
+            )
 
-        loss_fn, extra_mod = _make_loss(fc, len(keys), cfg.emb_dim, gen)
+        loss_fn, extra_mod = make_metric_loss(fc, len(keys), cfg.emb_dim, gen)
         probe_params = [p for n, p in net.named_parameters() if n == "probes_raw"]
         other = [p for n, p in net.named_parameters() if n != "probes_raw"]
         if extra_mod is not None:
@@ -319,7 +165,7 @@ class LPS:
                 return float("nan"), float("nan")
             with torch.no_grad():
                 net.eval()
-                e = _embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
+                e = embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
                 vl = float(val_loss(e, torch.as_tensor(val_pool.labels)))
                 net.train()
             return retrieval_map(e.numpy(), val_pool.labels), vl
@@ -346,8 +192,8 @@ class LPS:
         for epoch in range(1, fc.epochs + 1):
             net.train()
             losses_ = []
-            for batch in _batches(pool.labels, fc, rng):
-                emb = _embed_pool(net, pool, batch, fc, gen)
+            for batch in task_batches(pool.labels, fc, rng):
+                emb = embed_pool(net, pool, batch, fc, gen)
                 loss = loss_fn(emb, lab_t[batch])
                 if fc.relation_weight > 0:
                     loss = loss + fc.relation_weight * relation_loss(emb, lab_t[batch], shared)

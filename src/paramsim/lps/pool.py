@@ -1,0 +1,119 @@
+"""The training pool of LPS: models grouped by architecture as stacked tensors, the
+symmetry-respecting augmentation drawn on them, and task-balanced batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from paramsim.lps.config import FitConfig
+from paramsim.lps.model import LPSNet
+from paramsim.weights import Network, NetworkStack, group_by_signature
+
+
+@dataclass
+class StackGroup:
+    template: Network
+    weights: tuple[torch.Tensor, ...]
+    biases: tuple[torch.Tensor, ...]
+    members: np.ndarray  # pool indices of this group's models, in stack order
+
+
+@dataclass
+class TrainingPool:
+    """Networks stacked per architecture so a batch is a few batched forward passes."""
+
+    groups: list[StackGroup]
+    where: np.ndarray  # (n, 2): group index and row within the group
+    labels: np.ndarray
+
+    @classmethod
+    def build(cls, nets: Sequence[Network], labels: Sequence[int]) -> TrainingPool:
+        groups = []
+        where = np.zeros((len(nets), 2), dtype=np.int64)
+        for g, idx in enumerate(group_by_signature(nets)):
+            st = NetworkStack.from_networks([nets[i] for i in idx])
+            groups.append(StackGroup(st.template, st.weights, st.biases, np.asarray(idx)))
+            where[idx, 0] = g
+            where[idx, 1] = np.arange(len(idx))
+        return cls(groups, where, np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def augment(
+    g: StackGroup, rows: torch.Tensor, cfg: FitConfig, gen: torch.Generator
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Selected models with ReLU rescaling of hidden units and small weight noise.
+
+    Both keep the function (rescaling exactly, noise nearly), so the metric should ignore
+    them; hidden permutations are not drawn because the network is exactly invariant to them.
+    """
+    ws = [w[rows] for w in g.weights]
+    bs = [b[rows] for b in g.biases]
+    m = len(rows)
+    if cfg.rescale_aug > 0:
+        for i in range(len(ws) - 1):
+            if "relu" not in g.template.layers[i].post:
+                continue
+            units = ws[i].shape[1]
+            a = torch.exp((torch.rand(m, units, generator=gen) * 2 - 1) * cfg.rescale_aug)
+            ws[i] = ws[i] * a.reshape(m, units, *([1] * (ws[i].dim() - 2)))
+            bs[i] = bs[i] * a
+            nxt = ws[i + 1]
+            if nxt.shape[2] != units:  # conv -> flatten -> linear is not rescaled here
+                continue
+            ws[i + 1] = nxt / a.reshape(m, 1, units, *([1] * (nxt.dim() - 3)))
+    if cfg.noise_aug > 0:
+        for i, w in enumerate(ws):
+            std = w.flatten(1).std(dim=1).reshape(m, *([1] * (w.dim() - 1)))
+            ws[i] = w + cfg.noise_aug * std * torch.randn(w.shape, generator=gen)
+    return ws, bs
+
+
+def embed_pool(
+    net: LPSNet, pool: TrainingPool, idx: np.ndarray, aug: FitConfig | None, gen: torch.Generator
+) -> torch.Tensor:
+    """Embeddings of pool models `idx` (in that order); augmented when `aug` is given."""
+    out = torch.zeros(len(idx), net.config.emb_dim)
+    gi = pool.where[idx, 0]
+    for g in np.unique(gi):
+        pos = np.flatnonzero(gi == g)
+        rows = torch.as_tensor(pool.where[idx[pos], 1])
+        grp = pool.groups[int(g)]
+        keep = None
+        if aug is not None:
+            ws, bs = augment(grp, rows, aug, gen)
+            if aug.branch_dropout > 0 and net.config.func_branch:
+                keep = (torch.rand(len(rows), generator=gen) >= aug.branch_dropout).float()
+        else:
+            ws = [w[rows] for w in grp.weights]
+            bs = [b[rows] for b in grp.biases]
+        out = out.index_put((torch.as_tensor(pos),), net.forward_stack(grp.template, ws, bs, keep))
+    return out
+
+
+def task_batches(labels: np.ndarray, cfg: FitConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Task-balanced batches: `tasks_per_batch` tasks with `models_per_task` models each, so
+    every anchor has positives; one epoch sees every model about once."""
+    by_task: dict[int, list[int]] = {}
+    for i, t in enumerate(labels):
+        by_task.setdefault(int(t), []).append(i)
+    queues = {t: list(rng.permutation(v)) for t, v in by_task.items()}
+    tasks = [t for t, v in by_task.items() if len(v) >= 2]
+    n_batches = max(cfg.min_batches, len(labels) // (cfg.tasks_per_batch * cfg.models_per_task))
+    out = []
+    for _ in range(n_batches):
+        chosen = rng.choice(tasks, size=min(cfg.tasks_per_batch, len(tasks)), replace=False)
+        batch = []
+        for t in chosen:
+            q = queues[int(t)]
+            if len(q) < cfg.models_per_task:
+                q.extend(rng.permutation(by_task[int(t)]))
+            batch += [q.pop() for _ in range(min(cfg.models_per_task, len(by_task[int(t)])))]
+        out.append(np.asarray(batch))
+    return out
