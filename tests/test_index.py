@@ -233,3 +233,18 @@ def test_cli_index_kinds_and_filters(tiny_zoo, tmp_path, capsys):
     assert main([*args[:-3], "--out", str(mine)]) == 2
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
     assert not (tmp_path / ".mine.parts").exists()  # refused before any work
+
+
+def test_search_with_params_survives_faiss_torch_utils(tmp_path):
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which swaps faiss's
+    `search` for one without `params`; filtered searches must still work after that."""
+    import faiss.contrib.torch_utils  # noqa: F401
+
+    from paramsim.index import EmbeddingIndex
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(40, 8)).astype(np.float32)
+    idx = EmbeddingIndex(8)
+    idx.add(emb, ids=list(range(40)), tasks=["a" if i % 2 else "b" for i in range(40)])
+    scores, ids = idx.search(emb[:2], k=3)
+    assert ids[0, 0] == 0 and ids[1, 0] == 1

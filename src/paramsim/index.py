@@ -316,7 +316,10 @@ class EmbeddingIndex:
             scores, pos = self._exact_subset(q, keep, k)
         else:
             params = self._params(keep, ef_search, nprobe, k)
-            scores, pos = self._index.search(q, k, params=params)
+            # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces
+            # `search` with a version without `params` and keeps the original as search_numpy.
+            search = getattr(self._index, "search_numpy", self._index.search)
+            scores, pos = search(q, k, params=params)
         ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
         return scores, ids
 
