@@ -248,3 +248,19 @@ def test_search_with_params_survives_faiss_torch_utils(tmp_path):
     idx.add(emb, ids=list(range(40)), tasks=["a" if i % 2 else "b" for i in range(40)])
     scores, ids = idx.search(emb[:2], k=3)
     assert ids[0, 0] == 0 and ids[1, 0] == 1
+
+
+def test_tuned_and_selector_searches_survive_faiss_torch_utils(monkeypatch):
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which swaps Index.search
+    for a wrapper that takes no search parameters; filters and efforts must still work."""
+    import faiss.contrib.torch_utils  # noqa: F401
+
+    import paramsim.index as index_mod
+
+    monkeypatch.setattr(index_mod, "EXACT_SUBSET", 10)  # the filter goes through faiss
+    x = _clustered(500, 8, 5, seed=3)
+    idx = EmbeddingIndex(8, kind="hnsw")
+    idx.add(x, tasks=["a" if i % 2 else "b" for i in range(500)])
+    assert idx.search(x[:3], 5, ef_search=8)[1].shape == (3, 5)
+    _, ids = idx.search(x[:3], 5, tasks=["a"])
+    assert ids.shape == (3, 5) and (ids % 2 == 1).all()
