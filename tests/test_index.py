@@ -219,6 +219,8 @@ def test_cli_index_kinds_and_filters(tiny_zoo, tmp_path, capsys):
     assert idx.kind == "hnsw" and len(idx) == 9
     assert idx.arch_of(0).startswith("mlp 64-") and 0.5 <= idx.acc[0] <= 1
     capsys.readouterr()
+    assert main(["search", f"{tiny_zoo}:0", "--index", str(out), "-k", "2"]) == 0  # via faiss
+    assert capsys.readouterr().out.splitlines()[2].split()[:2] == ["1", "0"]
     assert main(["search", f"{tiny_zoo}:0", "--index", str(out), "--task", "3 vs 4"]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
     assert len(rows) == 3 and all(r.endswith("3 vs 4") for r in rows)
