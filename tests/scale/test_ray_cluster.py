@@ -102,12 +102,27 @@ def _recorded(fn, marks: Path):
     return run
 
 
+def _warm(node) -> None:
+    """Start a worker process on `node` with paramsim imported, so that node takes jobs at
+    once (a cold worker imports torch first, and on a loaded machine the other node may
+    finish every job before it is ready)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def load():
+        import paramsim.embed_bulk
+        import paramsim.zoo.build  # noqa: F401
+
+    pinned = NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False)
+    ray.get(ray.remote(load).options(num_cpus=1, scheduling_strategy=pinned).remote())
+
+
 class _RemovesNode(RayExecutor):
     """Removes a worker node (without a graceful stop) as soon as it has started a job, so
     that job is lost with it and must be retried on the other node."""
 
     def __init__(self, cluster, node, marks: Path) -> None:
         super().__init__(cluster.address)
+        _warm(node)
         self._cluster, self._node, self.marks = cluster, node, marks
         marks.mkdir()
         self.removed = threading.Event()
