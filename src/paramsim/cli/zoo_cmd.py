@@ -48,6 +48,18 @@ def zoo() -> None:
     help="ray: one Ray task per shard (pip install '.[ray]'; docs/SCALING.md).",
 )
 @click.option("--address", default=None, help="Ray cluster: auto or HOST:PORT (default: local).")
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bf16"]),
+    default="float32",
+    show_default=True,
+    help="bf16: autocast with float32 weights (for GPUs; recorded in the zoo).",
+)
+@click.option(
+    "--channels-last",
+    is_flag=True,
+    help="CNN convolutions in NHWC memory layout (faster on CUDA tensor cores).",
+)
 @compute_options("Zoo seed: every model's draws and the validation rows.")
 def build(
     recipe,
@@ -59,6 +71,8 @@ def build(
     shard_size,
     executor,
     address,
+    precision,
+    channels_last,
     seed,
     threads,
     quiet,
@@ -82,7 +96,15 @@ def build(
     start = time.perf_counter()
     with make_executor(executor, address, device=device, threads=threads) as ex:
         build_zoo(
-            rec, out, seed=seed, device=device, data_dir=data_dir, progress=not quiet, executor=ex
+            rec,
+            out,
+            seed=seed,
+            device=device,
+            data_dir=data_dir,
+            progress=not quiet,
+            executor=ex,
+            precision=precision,
+            channels_last=channels_last,
         )
     s = open_zoo(out).summary()
     if not quiet:
@@ -113,7 +135,7 @@ def info(directory, as_json, verify):
         p = printable
         click.echo(
             f"zoo {p(s['path'])}: recipe {p(s['recipe'])}, dataset {p(s['dataset'])}, "
-            f"seed {p(s['seed'])}"
+            f"seed {p(s['seed'])}, precision {p(s['precision'])}"
         )
         click.echo(f"  {s['models']} models over {s['tasks']} tasks (complete: {s['complete']})")
         for label, n in s["architectures"].items():

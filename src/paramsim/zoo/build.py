@@ -43,7 +43,13 @@ from paramsim.zoo.store import (
     remove_stale_temps,
     tensors_sha256,
 )
-from paramsim.zoo.trainer import ModelPlan, TaskData, accuracies, train_stacked
+from paramsim.zoo.trainer import (
+    ModelPlan,
+    TaskData,
+    accuracies,
+    check_precision,
+    train_stacked,
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ def train_shard(
     seed: int,
     device: str = "cpu",
     on_step: Callable[[int], None] | None = None,
+    precision: str = "float32",
+    channels_last: bool = False,
 ) -> list[TrainedModel]:
     """Train a shard; retrain models below the recipe's `min_val_acc` with fresh draws.
 
@@ -108,7 +116,14 @@ def train_shard(
     todo = plans
     attempt = 0
     while todo:
-        stack = train_stacked(todo, data, device, on_step if attempt == 0 else None)
+        stack = train_stacked(
+            todo,
+            data,
+            device,
+            on_step if attempt == 0 else None,
+            precision=precision,
+            channels_last=channels_last,
+        )
         tr, va, te = (accuracies(stack, data, split) for split in ("train", "val", "test"))
         retry = []
         for i, p in enumerate(todo):
@@ -166,6 +181,8 @@ class ShardContext:
     data_dir: str | None
     dataset: Dataset | None = None
     on_step: Callable[[int], None] | None = None
+    precision: str = "float32"
+    channels_last: bool = False
 
 
 @functools.lru_cache(maxsize=2)
@@ -179,7 +196,16 @@ def run_shard(ctx: ShardContext, shard: Shard) -> tuple[list[TrainedModel], floa
         raise ParamsimError(f"--device {ctx.device}, but torch here has no CUDA; use cpu")
     dataset = ctx.dataset or _worker_dataset(ctx.recipe.dataset, ctx.data_dir)
     start = time.perf_counter()
-    results = train_shard(shard, ctx.recipe, dataset, ctx.seed, ctx.device, ctx.on_step)
+    results = train_shard(
+        shard,
+        ctx.recipe,
+        dataset,
+        ctx.seed,
+        ctx.device,
+        ctx.on_step,
+        precision=ctx.precision,
+        channels_last=ctx.channels_last,
+    )
     return results, time.perf_counter() - start
 
 
@@ -191,11 +217,16 @@ def build_zoo(
     data_dir: str | Path | None = None,
     progress: bool = True,
     executor=None,
+    precision: str = "float32",
+    channels_last: bool = False,
 ) -> Path:
     """Build (or resume, or repair) the zoo in `out`. Returns the directory.
 
     `executor` (paramsim.executors) runs the shard jobs, by default in this process; the
-    driver alone writes shards and registry rows, in the order the jobs finish."""
+    driver alone writes shards and registry rows, in the order the jobs finish.
+    `precision` ("float32" or "bf16" autocast, trainer.PRECISIONS) is recorded in the
+    registry, and a resume with another precision is refused: a zoo never mixes the two.
+    `channels_last` only changes the memory layout of CNN convolutions (for GPUs)."""
     from paramsim.executors import LocalExecutor
 
     executor = executor or LocalExecutor()
@@ -203,6 +234,7 @@ def build_zoo(
     out = Path(out)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
         raise ParamsimError(f"zoo seed {seed!r} is not valid; use an integer from 0 to 2**32-1")
+    check_precision(precision)
     check_out(out)
     dataset = load_dataset(recipe.dataset, data_dir)
     tasks, plans = recipe.plan(dataset.n_classes, dataset.input_shape, seed)
@@ -219,6 +251,7 @@ def build_zoo(
         "seed": seed,
         "planned_models": len(plans),
         "format": FORMAT,
+        "precision": precision,
     }
     say = (lambda text: print(text, file=sys.stderr)) if progress else (lambda text: None)
     with build_lock(out):
@@ -237,6 +270,8 @@ def build_zoo(
                 str(Path(data_dir).resolve()) if data_dir else None,  # workers' cwd differs
                 dataset if local else None,
                 (lambda _t: bar.update(1)) if local else None,
+                precision,
+                channels_last,
             )
             for pos, (results, seconds) in executor.map(run_shard, ctx, remaining):
                 if not local:
@@ -321,6 +356,12 @@ def _write_meta(conn, out: Path, meta: dict, tasks) -> None:
             raise ParamsimError(
                 f"{out} holds a zoo of store format {existing.get('format')!r}, written by "
                 f"another paramsim version (this one writes {FORMAT}); use another --out"
+            )
+        built = existing.get("precision", "float32")  # zoos from before the option: float32
+        if built != meta["precision"]:
+            raise ParamsimError(
+                f"{out} was built with --precision {built}, not {meta['precision']}; resume it "
+                f"with --precision {built} or use another --out"
             )
         keys = ("recipe_settings", "dataset", "seed", "planned_models")
         if any(existing.get(k) != meta[k] for k in keys):

@@ -415,6 +415,8 @@ class Zoo:
             "recipe": self.meta.get("recipe"),
             "dataset": self.meta.get("dataset"),
             "seed": self.meta.get("seed"),
+            # how the models were trained: "float32", or "bf16" autocast (float32 weights)
+            "precision": self.meta.get("precision", "float32"),
             "tasks": len(self.tasks),
             "models": len(self),
             "complete": self.summary_complete,
