@@ -180,11 +180,11 @@ def load_items(items: Sequence[Item]) -> list:
     return nets
 
 
-def embed_chunk(lps, items: Sequence[Item]) -> tuple[np.ndarray, list[str]]:
-    """What a worker does with one chunk: read the models, embed them, and label their
-    architectures (from the registry or sidecar, else from the loaded network)."""
+def embed_chunk(lps, items: Sequence[Item], device: str = "cpu") -> tuple[np.ndarray, list[str]]:
+    """What a worker does with one chunk: read the models, embed them (on `device`), and
+    label their architectures (from the registry or sidecar, else from the loaded network)."""
     nets = load_items(items)
-    emb = np.asarray(lps.embed(nets), dtype=np.float32)
+    emb = np.asarray(lps.embed(nets, device=device), dtype=np.float32)
     return emb, [it.arch or network_label(n) for it, n in zip(items, nets, strict=True)]
 
 
@@ -319,16 +319,24 @@ def embed_sources(
     threads: int | None = None,
     progress: bool = False,
     unique: bool = False,
+    device: str = "cpu",
 ) -> tuple[list[Item], np.ndarray, list[str], Parts]:
     """The commands' bulk path: list the models of `sources` (each once with `unique`),
     embed them with the LPS model in `model_dir` on the named executor, with parts beside
-    `out`. The caller writes its output, then calls `parts.clear()`."""
+    `out`. The caller writes its output, then calls `parts.clear()`. `device` is where the
+    chunks are embedded (checked here for the local executor; Ray workers check their own)."""
+    import functools
+
     from tqdm.auto import tqdm
 
     from paramsim.executors import make_executor
     from paramsim.index import model_checksum
     from paramsim.lps import LPS
 
+    if executor == "local":
+        from paramsim.devices import resolve_device
+
+        resolve_device(device)
     items = collect_items(sources)
     if unique:
         seen: set[str] = set()
@@ -337,7 +345,7 @@ def embed_sources(
     digest = items_digest(items, model_checksum(model_dir), chunk_size)
     parts = Parts(out, digest, math.ceil(len(items) / chunk_size))
     bar = tqdm(total=parts.n_chunks, disable=None if progress else True, desc="embed", unit="chunk")
-    with make_executor(executor, address, threads=threads) as ex:
+    with make_executor(executor, address, device=device, threads=threads) as ex:
         emb, archs = embed_items(
             items,
             lps,
@@ -345,6 +353,7 @@ def embed_sources(
             chunk_size=chunk_size,
             parts=parts,
             on_chunk=lambda _c: bar.update(1),
+            chunk_fn=functools.partial(embed_chunk, device=device),
         )
     bar.close()
     return items, emb, archs, parts

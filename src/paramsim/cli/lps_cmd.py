@@ -18,6 +18,7 @@ from paramsim.cli.common import (
     set_seed,
     set_threads,
 )
+from paramsim.devices import resolve_device
 from paramsim.errors import ParamsimError
 
 MAX_EPOCHS = 10_000
@@ -43,6 +44,16 @@ _EXECUTOR_OPTIONS = (
         help="Models per chunk (one part file each; a rerun reuses finished parts).",
     ),
 )
+
+
+def device_option(f):
+    """--device for the commands that run the LPS network (cpu unless asked)."""
+    return click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        help="Where the LPS network computes: cpu, cuda or cuda:N.",
+    )(f)
 
 
 def executor_options(f):
@@ -85,10 +96,11 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="Fraction of ZOO's tasks held out for early stopping.",
     )
+    @device_option
     @compute_options("Seed of the initialisation, batches, augmentation and validation tasks.")
     def fit_cmd(
-        zoo, out, overwrite, extra_zoo, method, variant, epochs, loss, val_fraction, seed,
-        threads, quiet,
+        zoo, out, overwrite, extra_zoo, method, variant, epochs, loss, val_fraction, device,
+        seed, threads, quiet,
     ):  # fmt: skip
         """Train the LPS similarity network on the models of ZOO and save it to --out."""
         from tqdm import tqdm
@@ -99,6 +111,7 @@ def register(cli: click.Group) -> None:
         if method is not None and variant is not None:
             raise ParamsimError("give --method once (--variant is its old spelling)")
         check_output_dir(out, FIT_OUTPUT, overwrite)  # first: the cheapest refusal
+        resolve_device(device)
         method = method or variant or "lps"
         if method not in VARIANTS:
             raise ParamsimError(
@@ -132,7 +145,12 @@ def register(cli: click.Group) -> None:
 
             try:
                 model = LPS(cfg, fit_config).fit(
-                    nets, tasks, extra_networks=extra_n, extra_tasks=extra_t, progress=progress
+                    nets,
+                    tasks,
+                    extra_networks=extra_n,
+                    extra_tasks=extra_t,
+                    progress=progress,
+                    device=device,
                 )
             finally:
                 bar.close()
@@ -159,10 +177,12 @@ def register(cli: click.Group) -> None:
     @click.option("--out", required=True, type=click.Path(), help=".npy file to write.")
     @overwrite_option
     @executor_options
+    @device_option
     @compute_options()
     def embed_cmd(
-        models, model_dir, out, overwrite, executor, address, chunk_size, seed, threads, quiet
-    ):
+        models, model_dir, out, overwrite, executor, address, chunk_size, device, seed, threads,
+        quiet,
+    ):  # fmt: skip
         """Embed MODELS (zoo directories, ZOO:ID, checkpoint files, or directories searched
         for both) into one .npy array, one row per model in the order given (a directory's
         zoos and files in sorted path order)."""
@@ -180,6 +200,7 @@ def register(cli: click.Group) -> None:
             chunk_size=chunk_size,
             threads=threads,
             progress=not quiet,
+            device=device,
         )
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, emb)
@@ -209,6 +230,7 @@ def register(cli: click.Group) -> None:
         help="Store vectors as fp16: still exhaustive, half the memory, ~2x faster at 1M models.",
     )
     @executor_options
+    @device_option
     @compute_options()
     def index_build(
         sources,
@@ -220,6 +242,7 @@ def register(cli: click.Group) -> None:
         executor,
         address,
         chunk_size,
+        device,
         seed,
         threads,
         quiet,
@@ -243,6 +266,7 @@ def register(cli: click.Group) -> None:
             threads=threads,
             progress=not quiet,
             unique=True,
+            device=device,
         )
         meta = {
             "sources": [str(Path(s).resolve()) for s in sources],

@@ -16,6 +16,7 @@ import torch
 
 from paramsim.atomic import atomic_path, atomic_write
 from paramsim.data.tasks import Task, canonical_name, task_key
+from paramsim.devices import resolve_device
 from paramsim.errors import ParamsimError
 from paramsim.lps.config import FORMAT_VERSION, FitConfig, LPSConfig, finite_json
 from paramsim.lps.losses import make_metric_loss, relation_loss
@@ -89,12 +90,16 @@ class LPS:
         exclude_tasks: Sequence[Task] | None = None,
         progress: ProgressFn | None = None,
         time_limit: float | None = None,
+        device: str | torch.device | None = None,
     ) -> LPS:
         """Train on `networks` labelled by `tasks` (one per model), plus the extra models whose
         tasks pass `filter_extra`; stop early on validation mAP; keep the best epoch.
 
         Without `val`, `fit_config.val_fraction` of the training tasks are held out for it.
+        `device` (cpu by default, or cuda[:N]) is where the network and the stacked weights
+        train; random draws stay on the CPU, and the fitted network comes back on the CPU.
         """
+        dev = resolve_device(device)  # before any work: a missing GPU is the first refusal
         fc = self.fit_config
         if len(networks) != len(tasks):
             raise ParamsimError(f"{len(networks)} networks but {len(tasks)} tasks; one per model")
@@ -131,25 +136,29 @@ class LPS:
             input_shape=tuple(all_nets[0].input_shape), n_outputs=all_nets[0].n_outputs
         )
         self.config = cfg
-        net = LPSNet(cfg, seed=seed)
+        net = LPSNet(cfg, seed=seed).to(dev)
         why = net.check(all_nets)
         if why:
             raise ParamsimError(why)
         keys = {}
         labels = [keys.setdefault(task_key(t), len(keys)) for t in all_tasks]
-        pool = TrainingPool.build(all_nets, labels)
+        pool = TrainingPool.build(all_nets, labels).to(dev)
         key_classes = [set().union(*map(set, k)) for k in keys]
         shared = torch.tensor(
-            [[len(a & b) for b in key_classes] for a in key_classes], dtype=torch.float32
+            [[len(a & b) for b in key_classes] for a in key_classes],
+            dtype=torch.float32,
+            device=dev,
         )
         val_pool = None
         if val is not None and len(val[0]):
             vk: dict = {}
             val_pool = TrainingPool.build(
                 val[0], [vk.setdefault(task_key(t), len(vk)) for t in val[1]]
-            )
+            ).to(dev)
 
         loss_fn, extra_mod = make_metric_loss(fc, len(keys), cfg.emb_dim, gen)
+        if extra_mod is not None:
+            extra_mod.to(dev)
         probe_params = [p for n, p in net.named_parameters() if n == "probes_raw"]
         other = [p for n, p in net.named_parameters() if n != "probes_raw"]
         if extra_mod is not None:
@@ -166,9 +175,9 @@ class LPS:
             with torch.no_grad():
                 net.eval()
                 e = embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
-                vl = float(val_loss(e, torch.as_tensor(val_pool.labels)))
+                vl = float(val_loss(e, torch.as_tensor(val_pool.labels, device=dev)))
                 net.train()
-            return retrieval_map(e.numpy(), val_pool.labels), vl
+            return retrieval_map(e.cpu().numpy(), val_pool.labels), vl
 
         def better(a: tuple[float, float], b: tuple[float, float]) -> bool:
             if abs(a[0] - b[0]) > 1e-3:
@@ -187,7 +196,7 @@ class LPS:
         if progress:
             progress(history[-1])
         started = time.perf_counter()
-        lab_t = torch.as_tensor(pool.labels)
+        lab_t = torch.as_tensor(pool.labels, device=dev)
         stale = 0
         for epoch in range(1, fc.epochs + 1):
             net.train()
@@ -222,7 +231,7 @@ class LPS:
             if time_limit is not None and time.perf_counter() - started > time_limit:
                 break
         net.load_state_dict(best[2])
-        net.eval()
+        net.to("cpu").eval()
         self.net = net
         self.meta = {
             "best_epoch": best[1],
@@ -247,9 +256,21 @@ class LPS:
     def check(self, networks: Sequence[Network]) -> str | None:
         return self._need().check(networks)
 
-    def embed(self, networks: Sequence[Network]) -> np.ndarray:
-        """float32 unit embeddings (n, emb_dim); cosine similarity = dot product."""
-        return self._need().embed(networks)
+    def embed(
+        self, networks: Sequence[Network], device: str | torch.device | None = None
+    ) -> np.ndarray:
+        """float32 unit embeddings (n, emb_dim); cosine similarity = dot product.
+
+        `device` (cpu by default) computes them there; the model stays on the CPU."""
+        net = self._need()
+        dev = resolve_device(device)
+        if dev.type == "cpu":
+            return net.embed(networks)
+        net.to(dev)
+        try:
+            return net.embed(networks)
+        finally:
+            net.to("cpu")
 
     # ---------------------------------------------------------------- save / load
     def save(self, directory: str | Path) -> Path:

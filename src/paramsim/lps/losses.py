@@ -45,11 +45,11 @@ def relation_loss(emb: torch.Tensor, labels: torch.Tensor, shared: torch.Tensor)
     uniq, inv = torch.unique(labels, return_inverse=True)
     if len(uniq) < 3:
         return emb.sum() * 0.0
-    onehot = torch.zeros(len(uniq), len(labels), dtype=emb.dtype)
-    onehot[inv, torch.arange(len(labels))] = 1.0
+    onehot = torch.zeros(len(uniq), len(labels), dtype=emb.dtype, device=emb.device)
+    onehot[inv, torch.arange(len(labels), device=emb.device)] = 1.0
     means = (onehot / onehot.sum(1, keepdim=True)) @ emb
     sim = means @ means.T
-    iu = torch.triu_indices(len(uniq), len(uniq), offset=1)
+    iu = torch.triu_indices(len(uniq), len(uniq), offset=1, device=emb.device)
     x = sim[iu[0], iu[1]]
     y = shared[uniq][:, uniq][iu[0], iu[1]].to(emb.dtype)
     if float(y.std()) == 0.0:

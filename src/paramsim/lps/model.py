@@ -180,7 +180,8 @@ class LPSNet(nn.Module):
                 pairs.append((self.n_slots - 1, final, False))
             else:
                 pairs = [(0, hidden[0], True)] if hidden else [(0, final, False)]
-            blocks = [torch.zeros(m, cfg.emb_dim, dtype=final.dtype)] * self.n_slots
+            blocks = [torch.zeros(m, cfg.emb_dim, dtype=final.dtype, device=final.device)]
+            blocks = blocks * self.n_slots
             for s, x, is_hidden in pairs:
                 if cfg.unit_columns and is_hidden:
                     x = x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
@@ -246,7 +247,7 @@ class LPSNet(nn.Module):
         """
         cfg = self.config
         m = weights[0].shape[0]
-        out = torch.zeros(m, cfg.emb_dim, dtype=weights[0].dtype)
+        out = torch.zeros(m, cfg.emb_dim, dtype=weights[0].dtype, device=weights[0].device)
         if cfg.weight_branch and self.can_read_weights(template):
             ew = _unit(self._weight_branch(weights, biases))
             if keep_weight_branch is not None:
@@ -258,16 +259,21 @@ class LPSNet(nn.Module):
         return _unit(out)
 
     def forward(self, nets: Sequence[Network], batch_size: int = 4096) -> torch.Tensor:
-        """Embeddings (len(nets), emb_dim), in the order given; models of any architecture."""
+        """Embeddings (len(nets), emb_dim), in the order given; models of any architecture.
+
+        The stacks move to this network's device, the embeddings come back on the CPU."""
         why = self.check(nets)
         if why:
             raise ParamsimError(why)
+        dev = self.branch_gain.device
         out = torch.empty(len(nets), self.config.emb_dim)
         for idx in group_by_signature(nets):
             for start in range(0, len(idx), batch_size):
                 part = idx[start : start + batch_size]
                 stack = NetworkStack.from_networks([nets[i] for i in part])
-                out[part] = self.forward_stack(stack.template, stack.weights, stack.biases)
+                ws = [w.to(dev) for w in stack.weights]
+                bs = [b.to(dev) for b in stack.biases]
+                out[part] = self.forward_stack(stack.template, ws, bs).cpu()
         return out
 
     @torch.no_grad()

@@ -44,6 +44,19 @@ class TrainingPool:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def to(self, device: torch.device | str) -> TrainingPool:
+        """The same pool with its stacked tensors on `device` (itself when already there)."""
+        groups = [
+            StackGroup(
+                g.template,
+                tuple(w.to(device) for w in g.weights),
+                tuple(b.to(device) for b in g.biases),
+                g.members,
+            )
+            for g in self.groups
+        ]
+        return TrainingPool(groups, self.where, self.labels)
+
 
 def augment(
     g: StackGroup, rows: torch.Tensor, cfg: FitConfig, gen: torch.Generator
@@ -62,6 +75,7 @@ def augment(
                 continue
             units = ws[i].shape[1]
             a = torch.exp((torch.rand(m, units, generator=gen) * 2 - 1) * cfg.rescale_aug)
+            a = a.to(ws[i].device)  # drawn on the CPU: the same draws on every device
             ws[i] = ws[i] * a.reshape(m, units, *([1] * (ws[i].dim() - 2)))
             bs[i] = bs[i] * a
             nxt = ws[i + 1]
@@ -71,7 +85,8 @@ def augment(
     if cfg.noise_aug > 0:
         for i, w in enumerate(ws):
             std = w.flatten(1).std(dim=1).reshape(m, *([1] * (w.dim() - 1)))
-            ws[i] = w + cfg.noise_aug * std * torch.randn(w.shape, generator=gen)
+            noise = torch.randn(w.shape, generator=gen).to(w.device)
+            ws[i] = w + cfg.noise_aug * std * noise
     return ws, bs
 
 
@@ -79,21 +94,24 @@ def embed_pool(
     net: LPSNet, pool: TrainingPool, idx: np.ndarray, aug: FitConfig | None, gen: torch.Generator
 ) -> torch.Tensor:
     """Embeddings of pool models `idx` (in that order); augmented when `aug` is given."""
-    out = torch.zeros(len(idx), net.config.emb_dim)
+    dev = net.branch_gain.device
+    out = torch.zeros(len(idx), net.config.emb_dim, device=dev)
     gi = pool.where[idx, 0]
     for g in np.unique(gi):
         pos = np.flatnonzero(gi == g)
-        rows = torch.as_tensor(pool.where[idx[pos], 1])
+        rows = torch.as_tensor(pool.where[idx[pos], 1], device=dev)
         grp = pool.groups[int(g)]
         keep = None
         if aug is not None:
             ws, bs = augment(grp, rows, aug, gen)
             if aug.branch_dropout > 0 and net.config.func_branch:
                 keep = (torch.rand(len(rows), generator=gen) >= aug.branch_dropout).float()
+                keep = keep.to(dev)
         else:
             ws = [w[rows] for w in grp.weights]
             bs = [b[rows] for b in grp.biases]
-        out = out.index_put((torch.as_tensor(pos),), net.forward_stack(grp.template, ws, bs, keep))
+        at = (torch.as_tensor(pos, device=dev),)
+        out = out.index_put(at, net.forward_stack(grp.template, ws, bs, keep))
     return out
 
 
