@@ -297,7 +297,12 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="of the splits (--crossarch)")
     ap.add_argument("--rescale", nargs=2, metavar=("MODEL", "ZOO"), default=None)
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (--heldout, --crossarch)"
+    )
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.rescale:
         rescale_check(*a.rescale)
         return
