@@ -193,7 +193,7 @@ def test_batches_pair_each_task_across_architecture_kinds():
 
     labels = np.repeat(np.arange(6), 10)
     kinds = np.tile([0] * 8 + [1] * 2, 6)  # two CNNs among each task's ten models
-    fc = FitConfig(tasks_per_batch=3, models_per_task=4, min_batches=20)
+    fc = FitConfig(tasks_per_batch=3, models_per_task=4, min_batches=20, balance_kinds=True)
     rng = np.random.default_rng(0)
     for batch in task_batches(labels, fc, rng, kinds):
         for t in np.unique(labels[batch]):

@@ -22,7 +22,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # no relation or function-part loss
     "lps-v1": (
         dict(set_readout=False, combine="sum"),
-        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0, balance_kinds=False),
+        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0),
     ),
     "lps-noaux": ({}, dict(aux_tasks=0)),
     "lps-authors": (
