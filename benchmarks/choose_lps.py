@@ -47,26 +47,15 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
 }
 
 
-def _ap_rows(S: np.ndarray, qlab: np.ndarray, glab: np.ndarray) -> float:
-    """mAP of query rows against gallery columns (no self-matches in these blocks)."""
-    aps = []
-    for i in range(S.shape[0]):
-        rel = glab == qlab[i]
-        if rel.any():
-            ranks = np.flatnonzero(rel[np.argsort(-S[i], kind="stable")]) + 1
-            aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
-    return float(np.mean(aps)) if aps else float("nan")
-
-
 def run(zoo_dir: str, name: str, spec: tuple[dict, dict], n_splits: int, seed: int) -> None:
     from paramsim.data import relation_matrix
-    from paramsim.eval import metrics
-    from paramsim.eval.protocol import index_tasks, make_splits
+    from paramsim.eval import index_tasks, make_splits, metrics
     from paramsim.features.base import Context
     from paramsim.lps import FitConfig, LPSMethod
-    from paramsim.zoo import Zoo
+    from paramsim.ranking import mean_average_precision as mean_ap
+    from paramsim.zoo import open_zoo
 
-    z = Zoo.open(zoo_dir)
+    z = open_zoo(zoo_dir)
     nets = z.networks()
     model_tasks = [z.tasks[int(t)] for t in z.task_ids]
     labels, tasks = index_tasks(model_tasks)
@@ -99,8 +88,8 @@ def run(zoo_dir: str, name: str, spec: tuple[dict, dict], n_splits: int, seed: i
         c = cnn[te]
         if c.any() and (~c).any():
             q, g = np.flatnonzero(~c), np.flatnonzero(c)
-            got["mlp->cnn"] = _ap_rows(S[np.ix_(q, g)], lab[q], lab[g])
-            got["cnn->mlp"] = _ap_rows(S[np.ix_(g, q)], lab[g], lab[q])
+            got["mlp->cnn"] = mean_ap(S[np.ix_(q, g)], lab[q], lab[g])
+            got["cnn->mlp"] = mean_ap(S[np.ix_(g, q)], lab[g], lab[q])
         for k, v in got.items():
             scores.setdefault(k, []).append(v)
     cells = "  ".join(f"{k} {np.mean(v):.3f}" for k, v in scores.items())
