@@ -47,9 +47,16 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
 }
 
 
-def run(zoo_dir: str, name: str, spec: tuple[dict, dict], n_splits: int, seed: int) -> None:
+def run(
+    zoo_dir: str,
+    name: str,
+    spec: tuple[dict, dict],
+    n_splits: int,
+    seed: int,
+    holdout: str = "tasks",
+) -> None:
     from paramsim.data import relation_matrix
-    from paramsim.eval import index_tasks, make_splits, metrics
+    from paramsim.eval import index_tasks, make_class_splits, make_splits, metrics
     from paramsim.features.base import Context
     from paramsim.lps import FitConfig, LPSMethod
     from paramsim.ranking import mean_average_precision as mean_ap
@@ -64,7 +71,11 @@ def run(zoo_dir: str, name: str, spec: tuple[dict, dict], n_splits: int, seed: i
     cfg_kw, fit_kw = spec
     scores: dict[str, list[float]] = {}
     fit_s = 0.0
-    for sp in make_splits(labels, n_splits=n_splits, seed=seed):
+    if holdout == "classes":
+        splits = make_class_splits(model_tasks, n_splits=n_splits, seed=seed)
+    else:
+        splits = make_splits(labels, n_splits=n_splits, seed=seed)
+    for sp in splits:
         m = LPSMethod("lps", **cfg_kw)
         m.fit_config = FitConfig.from_dict({**m.fit_config.to_dict(), **fit_kw})
         t0 = time.perf_counter()
@@ -94,7 +105,7 @@ def run(zoo_dir: str, name: str, spec: tuple[dict, dict], n_splits: int, seed: i
             scores.setdefault(k, []).append(v)
     cells = "  ".join(f"{k} {np.mean(v):.3f}" for k, v in scores.items())
     print(
-        f"{Path(zoo_dir).name} {name} ({n_splits} split(s), seed {seed}): {cells}  "
+        f"{Path(zoo_dir).name} {name} ({n_splits} {holdout} split(s), seed {seed}): {cells}  "
         f"fit {fit_s / n_splits:.0f} s/split",
         flush=True,
     )
@@ -107,6 +118,7 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=1)
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--holdout", choices=("tasks", "classes"), default="tasks")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     specs: list[tuple[str, tuple[dict, dict]]] = []
@@ -119,7 +131,7 @@ def main() -> None:
             specs.append((name, CANDIDATES[name]))
     for zoo in a.zoos:
         for name, spec in specs:
-            run(zoo, name, spec, a.splits, a.seed)
+            run(zoo, name, spec, a.splits, a.seed, a.holdout)
 
 
 if __name__ == "__main__":
