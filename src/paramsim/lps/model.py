@@ -5,15 +5,15 @@ Two branches, both invariant to permutations of hidden units:
 * weight space (MLPs): the chain X_1 = W_1^T, X_l = X_{l-1} W_l^T (biases carried as an extra
   input row) lives in input x units space, so hidden permutations cancel in the Gram
   X_l X_l^T. A learned U_l (input x r) projects it as (U_l^T X_l)(X_l^T U_l), never forming
-  the input x input matrix, and the chain carried to the outputs gives the signed
-  class-difference direction as a first-order feature.
-* function space (any architecture): learned probe inputs; a model is read through its logit
-  differences on the probes and the Gram of its (per-unit normalised) last hidden
-  activations on them.
+  the input x input matrix, and the chain carried to the outputs gives one column per output
+  unit, read as a set (`SetReadout`).
+* function space (any architecture): learned probe inputs; a model is read through each
+  output unit's responses to the probes, again as a set (optionally also the Gram of its
+  per-unit normalised last hidden activations, or those units as a set).
 
-Each block is unit-normalised, weighted, and mapped linearly into the shared embedding
-space; the two branch embeddings are normalised and summed, so a model that only one branch
-can read (a CNN) still lands in the same space.
+Each block is unit-normalised, weighted, and mapped linearly; the two branch vectors are
+normalised and concatenated (or, with `combine="sum"`, added in one space), so a model that
+only one branch can read (a CNN) is compared with an MLP on the function part alone.
 """
 
 from __future__ import annotations
