@@ -1,10 +1,10 @@
 """Cost and held-out quality of LPS.
 
-    python benchmarks/bench_lps.py --zoo /tmp/zoo-dp [--extra-zoo /tmp/zoo-groups]
-    python benchmarks/bench_lps.py --skip-fit --search-n 1000000
+    python benchmarks/bench_lps.py --zoo /work/zoos/digits-pairs   # fit (auxiliary zoo too)
+    python benchmarks/bench_lps.py --skip-fit --search-n 1000000    # embedding, search
     python benchmarks/bench_lps.py --heldout /tmp/zoo-dp --methods lps,gram1 --splits 5 \
         --extra-zoo /tmp/zoo-groups          # held-out mAP via paramsim.eval.evaluate
-    python benchmarks/bench_lps.py --crossarch /tmp/zoo-mixed --splits 3 --extra-zoo ...
+    python benchmarks/bench_lps.py --crossarch /work/zoos/digits-pairs-mixed --splits 5
 
 Prints one line per measurement; every number comes from this run. Held-out runs use
 `paramsim.eval.make_splits(seed=0, seen_fraction=0)`: every method sees the same splits and
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 
-def random_mlps(n: int, widths=(64, 32, 32, 2), seed: int = 0):
+def random_mlps(n: int, widths=(64, 32, 32, 2), seed: int = 0, input_shape=(1, 8, 8)):
     from paramsim.weights import Layer, Network
 
     g = torch.Generator().manual_seed(seed)
@@ -32,49 +32,104 @@ def random_mlps(n: int, widths=(64, 32, 32, 2), seed: int = 0):
             w = torch.randn(widths[i], widths[i - 1], generator=g) / widths[i - 1] ** 0.5
             post = ("relu",) if i < len(widths) - 1 else ()
             layers.append(Layer("linear", w, torch.zeros(widths[i]), post=post))
-        nets.append(Network(tuple(layers), (1, 8, 8), ("flatten",)))
+        nets.append(Network(tuple(layers), input_shape, ("flatten",)))
+    return nets
+
+
+def random_cnns(n: int, channels=(8, 16), input_shape=(1, 8, 8), pools=(), seed: int = 0):
+    """CNNs in canonical form: conv3x3-ReLU[-maxpool] per channel count, GAP, linear."""
+    from paramsim.weights import Layer, Network
+
+    g = torch.Generator().manual_seed(seed)
+    nets = []
+    for _ in range(n):
+        layers, prev = [], input_shape[0]
+        for i, c in enumerate(channels):
+            w = torch.randn(c, prev, 3, 3, generator=g) / (prev * 9) ** 0.5
+            post = ("relu",) + (("maxpool2",) if i in pools else ())
+            if i == len(channels) - 1:
+                post += ("gap",)
+            layers.append(Layer("conv", w, torch.zeros(c), padding=1, post=post))
+            prev = c
+        layers.append(
+            Layer("linear", torch.randn(2, prev, generator=g) / prev**0.5, torch.zeros(2))
+        )
+        nets.append(Network(tuple(layers), input_shape, ()))
     return nets
 
 
 def bench_fit(zoo: str, extra: str | None, threads: int) -> None:
-    from paramsim.lps import LPS
-    from paramsim.zoo import open_zoo
+    """The default fit's cost: its auxiliary zoo built from scratch (in a temporary directory,
+    so a cached one is not reused), then the fit itself."""
+    import tempfile
+
+    from paramsim.lps import LPS, FitConfig
+    from paramsim.lps.auxiliary import TASKS_PER_ZOO_TASK, auxiliary_recipe
+    from paramsim.zoo import build_zoo, open_zoo
 
     torch.set_num_threads(threads)
     z = open_zoo(zoo)
     nets, tasks = z.networks(), [r.task for r in z.records]
-    en, et = [], []
+    fc = FitConfig()
+    en, et, aux_s = [], [], 0.0
     if extra:
         ez = open_zoo(extra)
         en, et = ez.networks(), [r.task for r in ez.records]
+    elif fc.aux_tasks > 0:
+        n = min(fc.aux_tasks, TASKS_PER_ZOO_TASK * len(z.tasks))
+        rec = auxiliary_recipe(z, n, fc.aux_models_per_task)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            build_zoo(
+                rec,
+                Path(tmp) / "aux",
+                seed=int(z.meta["seed"]) + 1,
+                data_dir=z.meta.get("data_dir"),
+                progress=False,
+            )
+            aux_s = time.perf_counter() - t0
+            ez = open_zoo(Path(tmp) / "aux")
+            en, et = ez.networks(), [r.task for r in ez.records]
     t0 = time.perf_counter()
-    m = LPS().fit(nets, tasks, extra_networks=en, extra_tasks=et)
+    m = LPS(fit_config=fc).fit(nets, tasks, extra_networks=en, extra_tasks=et)
     dt = time.perf_counter() - t0
     epochs = m.meta["history"][-1]["epoch"]
     print(
-        f"fit: {len(nets)} zoo models + {m.meta['n_extra_models']} extra, {threads} thread(s): "
-        f"{dt:.1f} s total, {epochs} epochs (best {m.meta['best_epoch']}), "
-        f"{dt / max(epochs, 1):.2f} s/epoch"
+        f"fit {Path(zoo).name}: {len(nets)} zoo models + {m.meta['n_extra_models']} auxiliary, "
+        f"{threads} thread(s): auxiliary zoo {aux_s:.1f} s + fit {dt:.1f} s = "
+        f"{aux_s + dt:.1f} s; {epochs} epochs (best {m.meta['best_epoch']}), "
+        f"{dt / max(epochs, 1):.2f} s/epoch; load average "
+        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
     )
 
 
 def bench_embed(n: int) -> None:
+    """Embedding throughput of the default LPS (untrained weights cost the same)."""
     from paramsim.lps import LPSConfig, LPSNet
 
-    nets = random_mlps(n)
-    for variant, cfg in [("lps", LPSConfig()), ("lps-nofunc", LPSConfig(func_branch=False))]:
-        net = LPSNet(cfg)
+    cases = [
+        ("MLPs 64-32-32-2", (1, 8, 8), random_mlps(n)),
+        ("MLPs 784-32-32-2", (1, 28, 28), random_mlps(n, (784, 32, 32, 2), 0, (1, 28, 28))),
+        ("CNNs 8-16 on 8x8", (1, 8, 8), random_cnns(n // 4)),
+        (
+            "CNNs 8-16-32 on 28x28",
+            (1, 28, 28),
+            random_cnns(n // 16, (8, 16, 32), (1, 28, 28), pools=(0, 1)),
+        ),
+    ]
+    for label, shape, nets in cases:
+        net = LPSNet(LPSConfig(input_shape=shape))
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            net.embed(nets[:64])  # warm-up
+            net.embed(nets[:16])  # warm-up
             best = float("inf")
             for _ in range(3):
                 t0 = time.perf_counter()
                 net.embed(nets)
                 best = min(best, time.perf_counter() - t0)
             print(
-                f"embed {variant}: {n} MLPs 64-32-32-2, {threads} thread(s): "
-                f"{n / best:.0f} models/s (best of 3)"
+                f"embed lps: {len(nets)} {label}, {threads} thread(s): "
+                f"{len(nets) / best:.0f} models/s (best of 3)"
             )
 
 
@@ -150,10 +205,12 @@ def heldout(zoo_dir: str, methods: str, n_splits: int, extra: str | None) -> Non
         print(f"heldout {Path(zoo_dir).name} {name}: {cells}  ({e['seconds']:.0f} s)")
 
 
-def crossarch(zoo_dir: str, n_splits: int, extra: str | None) -> None:
-    """Held-out mAP when queries and gallery have different architectures."""
+def crossarch(zoo_dir: str, n_splits: int, extra: str | None, seed: int = 0) -> None:
+    """Held-out mAP when queries and gallery have different architectures, for the default
+    LPS fitted as `paramsim eval` fits it (its auxiliary zoo included unless `extra`)."""
     from paramsim.eval import make_splits
-    from paramsim.lps import LPS
+    from paramsim.features.base import Context
+    from paramsim.lps import LPSMethod
     from paramsim.ranking import mean_average_precision as mean_ap
     from paramsim.zoo import open_zoo
 
@@ -161,20 +218,15 @@ def crossarch(zoo_dir: str, n_splits: int, extra: str | None) -> None:
     nets, tids = z.networks(), np.asarray(z.task_ids)
     tasks = [z.tasks[int(t)] for t in tids]
     arch = np.asarray([r.arch.label for r in z.records])
-    en, et = [], []
-    if extra:
-        ez = open_zoo(extra)
-        en, et = ez.networks(), [r.task for r in ez.records]
     scores: dict[str, list[float]] = {}
-    for sp in make_splits(tids, n_splits=n_splits, seed=0, seen_fraction=0.0):
+    for sp in make_splits(tids, n_splits=n_splits, seed=seed, seen_fraction=0.0):
         tr, va, te = list(sp.train_ids), list(sp.val_ids), np.asarray(sp.test_ids)
-        m = LPS().fit(
+        m = LPSMethod("lps", extra_zoo=extra, exclude_tasks=[tasks[i] for i in te])
+        m.fit(
             [nets[i] for i in tr],
             [tasks[i] for i in tr],
+            Context(seed=seed, zoo=zoo_dir),
             val=([nets[i] for i in va], [tasks[i] for i in va]),
-            extra_networks=en,
-            extra_tasks=et,
-            exclude_tasks=[tasks[i] for i in te],
         )
         e = m.embed([nets[i] for i in te])
         S = e @ e.T
@@ -194,7 +246,8 @@ def crossarch(zoo_dir: str, n_splits: int, extra: str | None) -> None:
         for k, v in got.items():
             scores.setdefault(k, []).append(v)
     for k, v in scores.items():
-        print(f"crossarch {Path(zoo_dir).name} {k}: mAP {np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}")
+        std = np.std(v, ddof=1) if len(v) > 1 else 0.0
+        print(f"crossarch {Path(zoo_dir).name} {k}: mAP {np.mean(v):.3f} ± {std:.3f}")
 
 
 def rescale_check(model_dir: str, zoo_dir: str, n: int = 100) -> None:
@@ -242,8 +295,14 @@ def main() -> None:
     ap.add_argument("--crossarch", default=None, help="zoo with several architectures")
     ap.add_argument("--methods", default="lps")
     ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="of the splits (--crossarch)")
     ap.add_argument("--rescale", nargs=2, metavar=("MODEL", "ZOO"), default=None)
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (--heldout, --crossarch)"
+    )
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.rescale:
         rescale_check(*a.rescale)
         return
@@ -251,7 +310,7 @@ def main() -> None:
         if a.heldout:
             heldout(a.heldout, a.methods, a.splits, a.extra_zoo)
         if a.crossarch:
-            crossarch(a.crossarch, a.splits, a.extra_zoo)
+            crossarch(a.crossarch, a.splits, a.extra_zoo, a.seed)
         return
     if a.zoo and not a.skip_fit:
         bench_fit(a.zoo, a.extra_zoo, a.fit_threads)

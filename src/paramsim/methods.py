@@ -93,6 +93,8 @@ _ENTRIES = (
     _fixed("cka", "function", "CKAMethod", "linear CKA of hidden activations on real data"),
     _fixed("outputs", "function", "OutputsMethod", "logits on real data"),
     _lps("lps", "learned parameter similarity (the default)"),
+    _lps("lps-v1", "the first default LPS: signed readouts, no auxiliary tasks"),
+    _lps("lps-noaux", "the default LPS without its auxiliary group-task zoo"),
     _lps("lps-authors", "LPS as Wang et al. 2019 built it"),
     _lps("lps-nochain", "LPS without the layer chain"),
     _lps("lps-first-order", "LPS without second-order Grams"),

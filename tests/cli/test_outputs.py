@@ -84,7 +84,7 @@ def test_embed_file(tiny_zoo, lps_model, tmp_path, capsys):
     assert out.read_bytes() == before
     args[1] = f"{tiny_zoo}:1"
     assert run_cli(capsys, [*args, "--overwrite"])[0] == 0
-    assert out.read_bytes() != before and np.load(out).shape == (1, 16)
+    assert out.read_bytes() != before and np.load(out).shape == (1, 32)  # two parts of 16
     assert _names(tmp_path) == ["e.npy"]
 
 

@@ -18,7 +18,7 @@ def test_fit_embed_index_search(tiny_zoo, tmp_path, capsys):
         == 0
     )
     emb = np.load(out)
-    assert emb.shape == (10, 128)
+    assert emb.shape == (10, 256)  # weight and function parts, 128 each
     np.testing.assert_allclose(emb[4], emb[9], atol=1e-5)  # ZOO:4 is model 4 again
     idx = tmp_path / "idx"
     assert main(["index", "build", str(tiny_zoo), "--model", str(model), "--out", str(idx)]) == 0

@@ -128,7 +128,8 @@ def _rss_mb() -> float:
         {"n_probes": 10_000_000},
         {"rank": 4096, "emb_dim": 4096},
         {"input_shape": [3, 4096, 4096]},
-        {"n_probes": 1024, "probe_sign_invariant": True, "emb_dim": 4096},
+        {"n_probes": 1024, "probe_sign_invariant": True, "emb_dim": 4096, "set_readout": False},
+        {"set_hidden": 4096, "emb_dim": 4096, "n_probes": 1024, "probe_units": True},
     ],
     ids=str,
 )

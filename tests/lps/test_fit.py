@@ -67,7 +67,7 @@ def test_fit_records_history_and_embeds_unit_vectors(fitted):
     assert [h["epoch"] for h in model.meta["history"]][0] == 0
     assert 0 <= model.meta["best_epoch"] <= FAST.epochs
     e = model.embed(nets)
-    assert e.shape == (len(nets), 16) and e.dtype == np.float32
+    assert e.shape == (len(nets), CFG.out_dim) and e.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     labels = [t.name for t in tasks]
     assert retrieval_map(e, labels) > 0.5  # tasks are prototypes + noise: easy to tell apart
@@ -177,7 +177,7 @@ def test_relation_loss_and_sign_invariant_config_train():
     cfg = LPSConfig(emb_dim=16, rank=16, n_probes=8, sign_invariant=True, probe_sign_invariant=True)
     model = LPS(cfg, FitConfig(**{**base, "relation_weight": 1.0})).fit(nets, tasks)
     assert np.isfinite(model.meta["history"][-1]["loss"])
-    plain = LPS(cfg, FitConfig(**base)).fit(nets, tasks)
+    plain = LPS(cfg, FitConfig(**{**base, "relation_weight": 0.0})).fit(nets, tasks)
     assert _state_differs(model.net.state_dict(), plain.net.state_dict())  # the term acts
     # the trained sign-invariant model still ignores which output unit holds a class
     last = nets[0].layers[-1]
@@ -186,3 +186,19 @@ def test_relation_loss_and_sign_invariant_config_train():
     e = model.embed([nets[0], twin, nets[-1]])
     np.testing.assert_allclose(e[0], e[1], atol=2e-5)
     assert float(e[0] @ e[2]) < 0.999  # while a model of another task still differs
+
+
+def test_batches_pair_each_task_across_architecture_kinds():
+    from paramsim.lps.pool import task_batches
+
+    labels = np.repeat(np.arange(6), 10)
+    kinds = np.tile([0] * 8 + [1] * 2, 6)  # two CNNs among each task's ten models
+    fc = FitConfig(tasks_per_batch=3, models_per_task=4, min_batches=20, balance_kinds=True)
+    rng = np.random.default_rng(0)
+    for batch in task_batches(labels, fc, rng, kinds):
+        for t in np.unique(labels[batch]):
+            picked = kinds[batch[labels[batch] == t]]
+            assert picked.sum() == 2  # every task's four picks: two CNNs, two MLPs
+    off = FitConfig(**{**fc.to_dict(), "balance_kinds": False})
+    counts = [kinds[b].sum() for b in task_batches(labels, off, np.random.default_rng(0), kinds)]
+    assert np.mean(counts) < 4  # random picks: about 0.8 CNN per task, 2.4 per batch

@@ -132,6 +132,17 @@ def register(cli: click.Group) -> None:
             for ez in extras:
                 extra_n += ez.networks()
                 extra_t += [r.task for r in ez.records]
+            if fit_config.aux_tasks > 0:  # the method's own group-task zoo, built once
+                from paramsim.lps.auxiliary import auxiliary_zoo, usable_auxiliary
+
+                az = open_zoo(
+                    auxiliary_zoo(
+                        zoo, fit_config.aux_tasks, fit_config.aux_models_per_task, not quiet
+                    )
+                )
+                aux_n, aux_t = usable_auxiliary(az.networks(), [r.task for r in az.records], tasks)
+                extra_n += aux_n
+                extra_t += aux_t
             cfg = LPSConfig(
                 input_shape=tuple(nets[0].input_shape), n_outputs=nets[0].n_outputs, **cfg_kw
             )

@@ -63,7 +63,9 @@ def evaluate_zoo(
         raise ParamsimError(f"--holdout must be tasks or classes, got {holdout!r}")
 
     needs_data = any(not getattr(m, "weights_only", True) for m in named.values())
-    context = Context(dataset=zoo.dataset() if needs_data else None, seed=seed)
+    context = Context(
+        dataset=zoo.dataset() if needs_data else None, seed=seed, zoo=getattr(zoo, "path", None)
+    )
     t0 = time.perf_counter()
     networks = zoo.networks()
     load_seconds = time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -16,10 +17,15 @@ __all__ = ["Context", "Method", "cosine_matrix", "embed_jointly"]
 
 @dataclass
 class Context:
-    """What a method may use beyond the weights. Weights-only methods ignore `dataset`."""
+    """What a method may use beyond the weights. Weights-only methods ignore `dataset`.
+
+    `zoo` is the directory the models came from, when they came from one: a learned method
+    may build and cache training material beside it (LPS's auxiliary group-task zoo).
+    """
 
     dataset: Dataset | None = None
     seed: int = 0
+    zoo: str | Path | None = None
 
 
 class Method:

@@ -96,6 +96,11 @@ def _from_dict(cls: type, data: Any, what: str) -> Any:
     return cls(**data)
 
 
+def _set_readout_size(n_in: int, hidden: int, emb: int) -> int:
+    """Floats of one set readout (`paramsim.lps.model.SetReadout`): W1, b1 and W2."""
+    return hidden * n_in + hidden + emb * hidden
+
+
 @dataclass(frozen=True)
 class LPSConfig:
     """What the similarity network reads and how it maps it to an embedding.
@@ -123,11 +128,22 @@ class LPSConfig:
     n_probes: int = _int(32, 1, 1024)
     probe_gram: bool = _bool(False)  # Gram of last hidden activations on the probes
     probe_logits: bool = _bool(True)  # logit differences on the probes
+    # the last hidden layer's units (a CNN's channels) through their probe responses, read as
+    # a set (a deeper view of the function than the logits alone)
+    probe_units: bool = _bool(False)
     # read the class direction and probe logits through their outer products (Z Z^T), blind to
     # which output a class sits on, so tasks sharing a class in opposite roles look alike
     # (variant lps-relation; off by default: it costs cross-architecture retrieval)
     sign_invariant: bool = _bool(False)  # the class direction (weight branch)
     probe_sign_invariant: bool = _bool(False)  # the probe logits (function branch)
+    # per-output-unit readouts (ProbeLog, Horwitz et al. 2025): each output unit's centred
+    # class direction and probe responses pass one small ReLU network and are summed over the
+    # units, a set of class detectors; tasks sharing a class share a term, in any output order
+    set_readout: bool = _bool(True)
+    set_hidden: int = _int(256, 1, 4096)
+    # "concat": [weight part, function part], so a CNN (function part only) meets an MLP on
+    # the function part alone; "sum": both parts added in one space
+    combine: str = _choice("concat", "concat", "sum")
 
     def __post_init__(self) -> None:
         shape = self.input_shape
@@ -155,8 +171,10 @@ class LPSConfig:
             )
         if self.weight_branch and not (self.second_order or self.class_direction):
             raise ParamsimError("the weight branch needs second_order or class_direction")
-        if self.func_branch and not (self.probe_gram or self.probe_logits):
-            raise ParamsimError("the function branch needs probe_gram or probe_logits")
+        if self.func_branch and not (self.probe_gram or self.probe_logits or self.probe_units):
+            raise ParamsimError("the function branch needs probe_logits, probe_gram or probe_units")
+        if self.combine not in ("sum", "concat"):
+            raise ParamsimError(f"combine must be 'sum' or 'concat', not {self.combine!r}")
         if self.weight_branch and self.class_direction and not self.chain:
             raise ParamsimError("class_direction needs the chain (chain=True)")
         if self.n_parameters > MAX_PARAMETERS:
@@ -183,16 +201,30 @@ class LPSConfig:
             if self.second_order:
                 total += slots * d * (d if self.flat_head else r) + slots * emb * r * r
             if self.class_direction:
-                total += d * r + emb * (r * r if self.sign_invariant else r * (1 if k == 2 else k))
+                total += d * r
+                if self.set_readout:
+                    total += _set_readout_size(r, self.set_hidden, emb)
+                else:
+                    total += emb * (r * r if self.sign_invariant else r * (1 if k == 2 else k))
             total += slots + int(self.class_direction)
         if self.func_branch:
             total += p * self.input_dim
-            if self.probe_logits:
+            if self.probe_logits and self.set_readout:
+                total += _set_readout_size(p, self.set_hidden, emb)
+            elif self.probe_logits:
                 total += emb * (p * p if self.probe_sign_invariant else (p if k == 2 else p * k))
             if self.probe_gram:
                 total += emb * p * (p + 1) // 2
-            total += int(self.probe_logits) + int(self.probe_gram)
+            if self.probe_units:
+                total += _set_readout_size(p, self.set_hidden, emb)
+            total += int(self.probe_logits) + int(self.probe_gram) + int(self.probe_units)
         return total
+
+    @property
+    def out_dim(self) -> int:
+        """Length of an embedding: emb_dim, or emb_dim per branch when they are concatenated."""
+        n = int(self.weight_branch) + int(self.func_branch)
+        return self.emb_dim * (n if self.combine == "concat" else 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -226,7 +258,17 @@ class FitConfig:
     branch_dropout: float = _float(0.5, 0.0, 1.0)  # drop the weight branch so probes align alone
     # weight of the relation loss: 1 - Pearson correlation, over the batch's task pairs, between
     # task-mean cosine and the number of shared classes (SupCon alone never ranks relations)
-    relation_weight: float = _float(0.0, 0.0, 1000.0)  # 3.0 in the lps-relation variant
+    relation_weight: float = _float(1.0, 0.0, 1000.0)  # 3.0 in the lps-relation variant
+    # weight of the same contrastive loss on the function part alone: it is all a CNN has, so
+    # it must rank tasks by itself for MLP <-> CNN retrieval
+    func_loss_weight: float = _float(1.0, 0.0, 1000.0)
+    # batches pair a task's MLPs with its CNNs (`pool.task_batches`); off by default: on a
+    # seed-100 split of digits-pairs-mixed it lowered every cross-architecture measure
+    balance_kinds: bool = _bool(False)
+    # auxiliary group-task zoo built from the zoo's own recipe and cached beside it (used when
+    # the zoo's directory is known: `paramsim fit`, `eval`, `reproduce`); 0 tasks: none
+    aux_tasks: int = _int(150, 0, 10_000)
+    aux_models_per_task: int = _int(4, 1, 100)
     seed: int = _int(0, 0, 2**63 - 1)
     extra: dict = field(default_factory=dict)
 

@@ -156,9 +156,10 @@ class LPS:
                 val[0], [vk.setdefault(task_key(t), len(vk)) for t in val[1]]
             ).to(dev)
 
-        loss_fn, extra_mod = make_metric_loss(fc, len(keys), cfg.emb_dim, gen)
+        loss_fn, extra_mod = make_metric_loss(fc, len(keys), cfg.out_dim, gen)
         if extra_mod is not None:
             extra_mod.to(dev)
+        func_loss = fc.func_loss_weight > 0 and cfg.func_branch
         probe_params = [p for n, p in net.named_parameters() if n == "probes_raw"]
         other = [p for n, p in net.named_parameters() if n != "probes_raw"]
         if extra_mod is not None:
@@ -174,7 +175,7 @@ class LPS:
                 return float("nan"), float("nan")
             with torch.no_grad():
                 net.eval()
-                e = embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
+                e, _ = embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
                 vl = float(val_loss(e, torch.as_tensor(val_pool.labels, device=dev)))
                 net.train()
             return retrieval_map(e.cpu().numpy(), val_pool.labels), vl
@@ -201,9 +202,11 @@ class LPS:
         for epoch in range(1, fc.epochs + 1):
             net.train()
             losses_ = []
-            for batch in task_batches(pool.labels, fc, rng):
-                emb = embed_pool(net, pool, batch, fc, gen)
+            for batch in task_batches(pool.labels, fc, rng, pool.kinds):
+                emb, fpart = embed_pool(net, pool, batch, fc, gen, func_loss)
                 loss = loss_fn(emb, lab_t[batch])
+                if fpart is not None:
+                    loss = loss + fc.func_loss_weight * val_loss(fpart, lab_t[batch])
                 if fc.relation_weight > 0:
                     loss = loss + fc.relation_weight * relation_loss(emb, lab_t[batch], shared)
                 opt.zero_grad()
@@ -259,7 +262,7 @@ class LPS:
     def embed(
         self, networks: Sequence[Network], device: str | torch.device | None = None
     ) -> np.ndarray:
-        """float32 unit embeddings (n, emb_dim); cosine similarity = dot product.
+        """float32 unit embeddings (n, out_dim); cosine similarity = dot product.
 
         `device` (cpu by default) computes them there; the model stays on the CPU."""
         net = self._need()

@@ -18,6 +18,13 @@ from paramsim.weights import Network
 # switches per variant; every variant shares the training recipe unless it says otherwise
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "lps": ({}, {}),
+    # the default before issue 9: signed readouts summed into one space, no auxiliary zoo,
+    # no relation or function-part loss
+    "lps-v1": (
+        dict(set_readout=False, combine="sum"),
+        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0),
+    ),
+    "lps-noaux": ({}, dict(aux_tasks=0)),
     "lps-authors": (
         dict(
             flat_head=True,
@@ -34,8 +41,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "lps-nofunc": (dict(func_branch=False), dict(branch_dropout=0.0)),
     # graded task relations: sign-invariant readouts plus the relation loss (validation-chosen)
     "lps-relation": (
-        dict(sign_invariant=True, probe_sign_invariant=True),
-        dict(relation_weight=3.0),
+        dict(sign_invariant=True, probe_sign_invariant=True, set_readout=False, combine="sum"),
+        dict(relation_weight=3.0, func_loss_weight=0.0),
     ),
 }
 
@@ -63,7 +70,7 @@ def variant_configs(
 AUTHORS_MAX_INPUT = 256  # the flattened d x d Gram needs d^2 inputs per embedding unit
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def _zoo_training_set(path: str) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
     from paramsim.zoo import open_zoo
 
@@ -138,7 +145,13 @@ class LPSMethod(Method):
         for path in paths:
             more_n, more_t = _zoo_training_set(str(path))
             extra_n, extra_t = [*extra_n, *more_n], [*extra_t, *more_t]
-        if paths and not self._config(networks).func_branch:
+        if context is not None and context.zoo and fc.aux_tasks > 0:
+            from paramsim.lps.auxiliary import auxiliary_zoo, usable_auxiliary
+
+            path = auxiliary_zoo(context.zoo, fc.aux_tasks, fc.aux_models_per_task)
+            aux_n, aux_t = usable_auxiliary(*_zoo_training_set(str(path)), tasks)
+            extra_n, extra_t = [*extra_n, *aux_n], [*extra_t, *aux_t]
+        if extra_n and not self._config(networks).func_branch:
             keep = [i for i, n in enumerate(extra_n) if n.kind == "mlp"]
             extra_n = [extra_n[i] for i in keep]
             extra_t = [extra_t[i] for i in keep]

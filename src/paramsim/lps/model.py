@@ -5,15 +5,15 @@ Two branches, both invariant to permutations of hidden units:
 * weight space (MLPs): the chain X_1 = W_1^T, X_l = X_{l-1} W_l^T (biases carried as an extra
   input row) lives in input x units space, so hidden permutations cancel in the Gram
   X_l X_l^T. A learned U_l (input x r) projects it as (U_l^T X_l)(X_l^T U_l), never forming
-  the input x input matrix, and the chain carried to the outputs gives the signed
-  class-difference direction as a first-order feature.
-* function space (any architecture): learned probe inputs; a model is read through its logit
-  differences on the probes and the Gram of its (per-unit normalised) last hidden
-  activations on them.
+  the input x input matrix, and the chain carried to the outputs gives one column per output
+  unit, read as a set (`SetReadout`).
+* function space (any architecture): learned probe inputs; a model is read through each
+  output unit's responses to the probes, again as a set (optionally also the Gram of its
+  per-unit normalised last hidden activations, or those units as a set).
 
-Each block is unit-normalised, weighted, and mapped linearly into the shared embedding
-space; the two branch embeddings are normalised and summed, so a model that only one branch
-can read (a CNN) still lands in the same space.
+Each block is unit-normalised, weighted, and mapped linearly; the two branch vectors are
+normalised and concatenated (or, with `combine="sum"`, added in one space), so a model that
+only one branch can read (a CNN) is compared with an MLP on the function part alone.
 """
 
 from __future__ import annotations
@@ -72,6 +72,52 @@ def _orthogonal_(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return w
 
 
+class SetReadout(nn.Module):
+    """Per-output-unit vectors (M, n, K) -> sum over units k of W2 relu(W1 u_k + b1).
+
+    `u_k` is output unit k's column, centred over the K units and scaled by the model's norm
+    over all of them. Summing over k makes the readout blind to the order of output units,
+    and the ReLU with a learned offset lets it tell a unit that fires for a class from one
+    that fires against it, so two tasks that share one class share one term (ProbeLog,
+    Horwitz et al. 2025, compares models by such per-output-unit probe responses).
+    """
+
+    def __init__(self, n_in: int, hidden: int, emb: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(_orthogonal_(torch.empty(hidden, n_in), gen))
+        self.b1 = nn.Parameter(torch.zeros(hidden))
+        self.w2 = nn.Parameter(_orthogonal_(torch.empty(emb, hidden), gen))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z - z.mean(dim=2, keepdim=True)
+        k = z.shape[2]
+        z = z * (math.sqrt(k) / z.flatten(1).norm(dim=1).clamp_min(EPS))[:, None, None]
+        h = torch.relu(torch.einsum("mnk,hn->mkh", z, self.w1) + self.b1)
+        return h.sum(1) @ self.w2.T
+
+
+class UnitSetReadout(nn.Module):
+    """Hidden units' probe responses (M, P, units) -> mean over units of W2 relu(W1 u + b1).
+
+    Each unit's response over the probes is centred and unit-normalised (so ReLU rescaling of
+    a unit does not matter) and read by one shared small network; the mean over units makes
+    it blind to their order and count, so models of any width land in one space (DeepSets,
+    Zaheer et al. 2017, over the units of the last hidden layer).
+    """
+
+    def __init__(self, n_probes: int, hidden: int, emb: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(_orthogonal_(torch.empty(hidden, n_probes), gen))
+        self.b1 = nn.Parameter(torch.zeros(hidden))
+        self.w2 = nn.Parameter(_orthogonal_(torch.empty(emb, hidden), gen))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h - h.mean(dim=1, keepdim=True)
+        h = h / h.norm(dim=1, keepdim=True).clamp_min(EPS)
+        z = torch.relu(torch.einsum("mpu,hp->muh", h, self.w1) + self.b1)
+        return z.mean(1) @ self.w2.T
+
+
 class LPSNet(nn.Module):
     """Learnable parameter similarity network; see the module docstring for the design."""
 
@@ -103,9 +149,12 @@ class LPSNet(nn.Module):
                 if not cfg.chain:
                     raise ParamsimError("class_direction needs the chain (chain=True)")
                 self.V = nn.Parameter(_orthogonal_(torch.empty(d, self.r), gen))
-                kc = 1 if k == 2 else k
-                n_dir = self.r * self.r if cfg.sign_invariant else self.r * kc
-                self.dir_head = nn.Parameter(_orthogonal_(torch.empty(emb, n_dir), gen))
+                if cfg.set_readout:
+                    self.dir_set = SetReadout(self.r, cfg.set_hidden, emb, gen)
+                else:
+                    kc = 1 if k == 2 else k
+                    n_dir = self.r * self.r if cfg.sign_invariant else self.r * kc
+                    self.dir_head = nn.Parameter(_orthogonal_(torch.empty(emb, n_dir), gen))
             n_blocks = self.n_slots + int(cfg.class_direction)
             self.w_gain = nn.Parameter(torch.ones(n_blocks))
         if cfg.func_branch:
@@ -113,14 +162,19 @@ class LPSNet(nn.Module):
             u = torch.rand(cfg.n_probes, c, h, w, generator=gen) * 0.9 + 0.05
             self.probes_raw = nn.Parameter(torch.log(u / (1 - u)))
             p = cfg.n_probes
-            if cfg.probe_logits:
+            if cfg.probe_logits and cfg.set_readout:
+                self.logit_set = SetReadout(p, cfg.set_hidden, emb, gen)
+            elif cfg.probe_logits:
                 kl = p * p if cfg.probe_sign_invariant else (p if k == 2 else p * k)
                 self.logit_head = nn.Parameter(_orthogonal_(torch.empty(emb, kl), gen))
             if cfg.probe_gram:
                 self.pgram_head = nn.Parameter(
                     _orthogonal_(torch.empty(emb, p * (p + 1) // 2), gen)
                 )
-            self.f_gain = nn.Parameter(torch.ones(int(cfg.probe_logits) + int(cfg.probe_gram)))
+            if cfg.probe_units:
+                self.unit_set = UnitSetReadout(p, cfg.set_hidden, emb, gen)
+            n_f = int(cfg.probe_logits) + int(cfg.probe_gram) + int(cfg.probe_units)
+            self.f_gain = nn.Parameter(torch.ones(n_f))
         self.branch_gain = nn.Parameter(torch.ones(2))
 
     # ------------------------------------------------------------------ inputs
@@ -190,7 +244,9 @@ class LPSNet(nn.Module):
                 if cfg.signed_sqrt:
                     v = _signed_sqrt(v)
                 blocks[s] = _unit(v) @ self.gram_heads[s].T
-        if cfg.class_direction:
+        if cfg.class_direction and cfg.set_readout:
+            blocks.append(self.dir_set(self.V.T @ final))
+        elif cfg.class_direction:
             k = final.shape[2]
             if k == 2:
                 c = (final[:, :, 1] - final[:, :, 0])[:, :, None]
@@ -209,7 +265,9 @@ class LPSNet(nn.Module):
         cfg = self.config
         logits, hidden = stack.forward(self.probes, return_hidden=True)
         blocks = []
-        if cfg.probe_logits:
+        if cfg.probe_logits and cfg.set_readout:
+            blocks.append(self.logit_set(logits))  # (M, P, K): one column per output unit
+        elif cfg.probe_logits:
             if logits.shape[-1] == 2:
                 f = logits[..., 1] - logits[..., 0]
             else:
@@ -230,10 +288,54 @@ class LPSNet(nn.Module):
             h = h - h.mean(dim=1, keepdim=True)
             g = h @ h.transpose(1, 2)
             blocks.append(_unit(_triu_vec(g)) @ self.pgram_head.T)
+        if cfg.probe_units:
+            h = hidden[-1] if hidden else logits
+            if h.dim() == 5:  # (M, P, C, H, W): a channel's response is its mean over positions
+                h = h.mean(dim=(-2, -1))
+            blocks.append(self.unit_set(h))
         stacked = torch.stack(blocks, 1)
         return (stacked * self.f_gain[None, :, None]).sum(1)
 
     # ------------------------------------------------------------------ forward
+    def forward_parts(
+        self, template: Network, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Unit-length weight-branch and function-branch embeddings (M, emb_dim) of stacked
+        networks sharing `template`'s architecture; None for a branch that cannot read them."""
+        cfg = self.config
+        ew = ef = None
+        if cfg.weight_branch and self.can_read_weights(template):
+            ew = _unit(self._weight_branch(weights, biases))
+        if cfg.func_branch:
+            stack = NetworkStack(template, tuple(weights), tuple(biases))
+            ef = _unit(self._func_branch(stack))
+        return ew, ef
+
+    def combine(
+        self,
+        ew: torch.Tensor | None,
+        ef: torch.Tensor | None,
+        keep_weight_branch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The model embedding (M, out_dim) from the branch parts; see `LPSConfig.combine`.
+
+        A missing part (a CNN's weight branch) counts as zeros, so under "concat" a CNN and an
+        MLP are compared by their function parts alone.
+        """
+        cfg = self.config
+        some = ew if ew is not None else ef
+        assert some is not None
+        zeros = torch.zeros_like(some)
+        if ew is not None and keep_weight_branch is not None:
+            ew = ew * keep_weight_branch[:, None]
+        parts = []
+        if cfg.weight_branch:
+            parts.append(self.branch_gain[0] * (ew if ew is not None else zeros))
+        if cfg.func_branch:
+            parts.append(self.branch_gain[1] * (ef if ef is not None else zeros))
+        out = torch.cat(parts, dim=1) if cfg.combine == "concat" else sum(parts)
+        return _unit(out)
+
     def forward_stack(
         self,
         template: Network,
@@ -241,32 +343,22 @@ class LPSNet(nn.Module):
         biases: Sequence[torch.Tensor],
         keep_weight_branch: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Embeddings (M, emb_dim) of stacked networks sharing `template`'s architecture.
+        """Embeddings (M, out_dim) of stacked networks sharing `template`'s architecture.
 
         `keep_weight_branch` (M,) of 0/1 drops the weight branch per model (training only).
         """
-        cfg = self.config
-        m = weights[0].shape[0]
-        out = torch.zeros(m, cfg.emb_dim, dtype=weights[0].dtype, device=weights[0].device)
-        if cfg.weight_branch and self.can_read_weights(template):
-            ew = _unit(self._weight_branch(weights, biases))
-            if keep_weight_branch is not None:
-                ew = ew * keep_weight_branch[:, None]
-            out = out + self.branch_gain[0] * ew
-        if cfg.func_branch:
-            stack = NetworkStack(template, tuple(weights), tuple(biases))
-            out = out + self.branch_gain[1] * _unit(self._func_branch(stack))
-        return _unit(out)
+        ew, ef = self.forward_parts(template, weights, biases)
+        return self.combine(ew, ef, keep_weight_branch)
 
     def forward(self, nets: Sequence[Network], batch_size: int = 4096) -> torch.Tensor:
-        """Embeddings (len(nets), emb_dim), in the order given; models of any architecture.
+        """Embeddings (len(nets), out_dim), in the order given; models of any architecture.
 
         The stacks move to this network's device, the embeddings come back on the CPU."""
         why = self.check(nets)
         if why:
             raise ParamsimError(why)
         dev = self.branch_gain.device
-        out = torch.empty(len(nets), self.config.emb_dim)
+        out = torch.empty(len(nets), self.config.out_dim)
         for idx in group_by_signature(nets):
             for start in range(0, len(idx), batch_size):
                 part = idx[start : start + batch_size]
@@ -278,7 +370,7 @@ class LPSNet(nn.Module):
 
     @torch.no_grad()
     def embed(self, nets: Sequence[Network], batch_size: int = 4096) -> np.ndarray:
-        """float32 (n, emb_dim) unit vectors; cosine similarity is their dot product."""
+        """float32 (n, out_dim) unit vectors; cosine similarity is their dot product."""
         was = self.training
         self.eval()
         try:

@@ -57,6 +57,12 @@ class TrainingPool:
         ]
         return TrainingPool(groups, self.where, self.labels)
 
+    @property
+    def kinds(self) -> np.ndarray:
+        """0 for an MLP, 1 for a CNN, per model."""
+        kind = np.asarray([int(g.template.kind == "cnn") for g in self.groups])
+        return kind[self.where[:, 0]]
+
 
 def augment(
     g: StackGroup, rows: torch.Tensor, cfg: FitConfig, gen: torch.Generator
@@ -91,11 +97,18 @@ def augment(
 
 
 def embed_pool(
-    net: LPSNet, pool: TrainingPool, idx: np.ndarray, aug: FitConfig | None, gen: torch.Generator
-) -> torch.Tensor:
-    """Embeddings of pool models `idx` (in that order); augmented when `aug` is given."""
+    net: LPSNet,
+    pool: TrainingPool,
+    idx: np.ndarray,
+    aug: FitConfig | None,
+    gen: torch.Generator,
+    func_parts: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Embeddings of pool models `idx` (in that order), augmented when `aug` is given, and with
+    `func_parts` also their function-branch parts alone (else None)."""
     dev = net.branch_gain.device
-    out = torch.zeros(len(idx), net.config.emb_dim, device=dev)
+    out = torch.zeros(len(idx), net.config.out_dim, device=dev)
+    fparts = torch.zeros(len(idx), net.config.emb_dim, device=dev) if func_parts else None
     gi = pool.where[idx, 0]
     for g in np.unique(gi):
         pos = np.flatnonzero(gi == g)
@@ -110,18 +123,40 @@ def embed_pool(
         else:
             ws = [w[rows] for w in grp.weights]
             bs = [b[rows] for b in grp.biases]
+        ew, ef = net.forward_parts(grp.template, ws, bs)
         at = (torch.as_tensor(pos, device=dev),)
-        out = out.index_put(at, net.forward_stack(grp.template, ws, bs, keep))
-    return out
+        out = out.index_put(at, net.combine(ew, ef, keep))
+        if fparts is not None and ef is not None:
+            fparts = fparts.index_put(at, ef)
+    return out, fparts
 
 
-def task_batches(labels: np.ndarray, cfg: FitConfig, rng: np.random.Generator) -> list[np.ndarray]:
+def task_batches(
+    labels: np.ndarray,
+    cfg: FitConfig,
+    rng: np.random.Generator,
+    kinds: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Task-balanced batches: `tasks_per_batch` tasks with `models_per_task` models each, so
-    every anchor has positives; one epoch sees every model about once."""
+    every anchor has positives; one epoch sees every model about once.
+
+    With `kinds` (an architecture kind per model, e.g. MLP 0 / CNN 1) and
+    `cfg.balance_kinds`, a task with models of several kinds gets them in turn, so most
+    batches hold same-task pairs across kinds: the pairs that align a CNN, read by its
+    function part alone, with MLPs (in a zoo with one CNN in five, random picks rarely do).
+    """
     by_task: dict[int, list[int]] = {}
     for i, t in enumerate(labels):
         by_task.setdefault(int(t), []).append(i)
     queues = {t: list(rng.permutation(v)) for t, v in by_task.items()}
+    by_kind: dict[tuple[int, int], list[int]] = {}
+    if kinds is not None and cfg.balance_kinds and len(np.unique(kinds)) > 1:
+        for i, (t, k) in enumerate(zip(labels, kinds, strict=True)):
+            by_kind.setdefault((int(t), int(k)), []).append(i)
+    kind_queues = {key: list(rng.permutation(v)) for key, v in by_kind.items()}
+    task_kinds: dict[int, list[int]] = {}
+    for t, k in sorted(by_kind):
+        task_kinds.setdefault(t, []).append(k)
     tasks = [t for t, v in by_task.items() if len(v) >= 2]
     n_batches = max(cfg.min_batches, len(labels) // (cfg.tasks_per_batch * cfg.models_per_task))
     out = []
@@ -129,9 +164,19 @@ def task_batches(labels: np.ndarray, cfg: FitConfig, rng: np.random.Generator) -
         chosen = rng.choice(tasks, size=min(cfg.tasks_per_batch, len(tasks)), replace=False)
         batch = []
         for t in chosen:
+            n_take = min(cfg.models_per_task, len(by_task[int(t)]))
+            ks = task_kinds.get(int(t), [])
+            if len(ks) > 1:  # alternate kinds, starting from a random one
+                start = int(rng.integers(len(ks)))
+                for i in range(n_take):
+                    q = kind_queues[(int(t), ks[(start + i) % len(ks)])]
+                    if not q:
+                        q.extend(rng.permutation(by_kind[(int(t), ks[(start + i) % len(ks)])]))
+                    batch.append(q.pop())
+                continue
             q = queues[int(t)]
             if len(q) < cfg.models_per_task:
                 q.extend(rng.permutation(by_task[int(t)]))
-            batch += [q.pop() for _ in range(min(cfg.models_per_task, len(by_task[int(t)])))]
+            batch += [q.pop() for _ in range(n_take)]
         out.append(np.asarray(batch))
     return out

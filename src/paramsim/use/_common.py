@@ -67,13 +67,14 @@ def fit_excluding(
     tasks: Sequence[Task],
     exclude: set[str],
     seed: int = 0,
+    zoo: str | Path | None = None,
 ) -> Similarity:
     """A fresh copy of a learned method fitted on every model whose task is not excluded."""
     keep = [i for i, t in enumerate(tasks) if t.name not in exclude]
     if not keep:
         raise ParamsimError("no training tasks left after excluding the held-out ones")
     fitted = copy.deepcopy(sim.method)
-    fitted.fit([networks[i] for i in keep], [tasks[i] for i in keep], Context(seed=seed))
+    fitted.fit([networks[i] for i in keep], [tasks[i] for i in keep], Context(seed=seed, zoo=zoo))
     seen = frozenset(canonical_name(tasks[i]) for i in keep)
     return Similarity(sim.name, fitted, True, seen, f"fitted on {len(seen)} tasks")
 

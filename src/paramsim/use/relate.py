@@ -92,7 +92,7 @@ def relate(zoo, sim: Similarity, seed: int = 0, networks: Sequence | None = None
     model_tasks = [tasks[int(t)] for t in labels]
     note = sim.source
     if sim.learned and sim.seen_tasks is None:
-        sim = fit_excluding(sim, nets, model_tasks, set(), seed)
+        sim = fit_excluding(sim, nets, model_tasks, set(), seed, zoo=zoo.path)
         note = f"fitted on all {len(tasks)} tasks of the zoo (the map shows seen tasks)"
     elif sim.learned and sim.seen_tasks:
         seen = len({canonical_name(t) for t in tasks} & set(sim.seen_tasks))

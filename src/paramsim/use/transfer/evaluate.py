@@ -177,6 +177,7 @@ def evaluate_transfer(
                     cfg,
                     say,
                     rule.name in want_views,
+                    getattr(zoo, "path", None),
                 )
                 S = np.full(candidates.shape, np.nan)
                 for v in views[rule.name]:
@@ -380,9 +381,12 @@ def _view(method, instances, score_rows, networks, cfg, embed: bool) -> _View:
     )
 
 
-def _similarity_views(sim, instances, networks, model_tasks, names, fold, cfg, say, embed):
+def _similarity_views(
+    sim, instances, networks, model_tasks, names, fold, cfg, say, embed, zoo_dir=None
+):
     """One view per fold for a learned method fitted here (never on the fold it scores), else
-    one view of the rows its training did not see."""
+    one view of the rows its training did not see. `zoo_dir` lets a learned method cache its
+    training material beside the zoo (LPS's auxiliary group tasks)."""
     if sim.learned and sim.seen_tasks is None:  # cross-fit per fold
         out = []
         for f in range(cfg.folds):
@@ -391,7 +395,7 @@ def _similarity_views(sim, instances, networks, model_tasks, names, fold, cfg, s
             if not rows:
                 continue
             say(f"{sim.name}: fitting fold {f + 1}/{cfg.folds} without {len(held)} tasks")
-            fitted = fit_excluding(sim, networks, model_tasks, held, cfg.seed + f)
+            fitted = fit_excluding(sim, networks, model_tasks, held, cfg.seed + f, zoo=zoo_dir)
             out.append(_view(fitted.method, instances, rows, networks, cfg, embed))
         return out
     seen = sim.seen_tasks or frozenset()
