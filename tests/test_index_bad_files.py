@@ -143,7 +143,7 @@ def test_a_count_in_index_json_that_disagrees_is_refused(tmp_path, digest):
     doc = json.loads((out / META_FILE).read_text())
     doc["n"] = N + 1
     (out / META_FILE).write_text(json.dumps(doc))
-    _refused(out, "disagree in length")
+    _refused(out, r"declared as \(60,\) int64, expected \(61,\)")
     # items and index.json agree with each other, the faiss file holds other vectors
     small = EmbeddingIndex(DIM)
     small.add(np.ones((N - 1, DIM), np.float32))
@@ -152,6 +152,24 @@ def test_a_count_in_index_json_that_disagrees_is_refused(tmp_path, digest):
     doc["n"] = N - 1
     (out / META_FILE).write_text(json.dumps(doc))
     _refused(out, "holds 60 vectors, index.json declares 59")
+
+
+def test_an_items_header_declaring_a_huge_array_is_refused(tmp_path):
+    """numpy allocates what a .npy header declares: the headers are read before np.load."""
+    import io
+    import zipfile
+
+    out = _build(tmp_path / "i")
+    with zipfile.ZipFile(out / "items.npz") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    fake = io.BytesIO()
+    header = {"descr": "<i8", "fortran_order": False, "shape": (1 << 40,)}
+    np.lib.format.write_array_header_1_0(fake, header)
+    members["ids.npy"] = fake.getvalue() + np.arange(N, dtype="<i8").tobytes()
+    with zipfile.ZipFile(out / "items.npz", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    _refused(out, r"ids is declared as \(1099511627776,\)")
 
 
 def test_absurd_declared_dims_are_refused(tmp_path):

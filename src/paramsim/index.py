@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from paramsim.errors import ParamsimError
-from paramsim.index_check import check_faiss_file, file_digest
+from paramsim.index_check import check_faiss_file, check_items_file, file_digest
 from paramsim.vectors import unit_rows
 
 INDEX_FILE = "index.faiss"
@@ -481,9 +481,13 @@ class EmbeddingIndex:
             )
         try:
             out = cls(dim, doc.get("meta"), doc.get("storage", "flat"), doc["kind"], doc["params"])
+            n = doc["n"]
+            if not isinstance(n, int) or isinstance(n, bool):
+                raise ValueError(f"n is {n!r}, not a count")
+            keys = ("ids", "task", "arch", "acc", "source", "local")
+            check_items_file(d / ITEMS_FILE, keys, n)  # the headers before numpy allocates
             with np.load(d / ITEMS_FILE, allow_pickle=False) as items:
-                arrays = {k: items[k] for k in ("ids", "task", "arch", "acc", "source", "local")}
-            n = int(doc["n"])
+                arrays = {k: items[k] for k in keys}
             if any(a.ndim != 1 or len(a) != n for a in arrays.values()):
                 raise ValueError("per-model arrays disagree in length")
             out.ids = arrays["ids"].astype(np.int64)

@@ -203,3 +203,31 @@ def check_faiss_file(
         raise ParamsimError(
             f"{path} is not the file this index was built with (sha256 differs from {_META}); {fix}"
         )
+
+
+def check_items_file(path: str | Path, keys: tuple[str, ...], n: int) -> None:
+    """Raise ValueError unless every array in the items.npz at `path` is declared as `n`
+    plain values that its stored bytes can hold: numpy allocates what a .npy header declares
+    before reading, so the headers are read first."""
+    import zipfile
+
+    import numpy as np
+
+    if n < 0:
+        raise ValueError(f"index.json declares {n} models")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key in keys:
+                info = zf.getinfo(f"{key}.npy")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        raise ValueError(f"{key} has .npy version {version}")
+                if dtype.hasobject or shape != (n,) or dtype.itemsize * n > info.file_size:
+                    raise ValueError(f"{key} is declared as {shape} {dtype}, expected ({n},)")
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"items.npz is not readable ({exc})") from None
