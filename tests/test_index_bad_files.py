@@ -172,12 +172,16 @@ def test_an_items_header_declaring_a_huge_array_is_refused(tmp_path):
     _refused(out, r"ids is declared as \(1099511627776,\)")
 
 
-def test_absurd_declared_dims_are_refused(tmp_path):
-    out = _build(tmp_path / "i")
+def test_absurd_declared_dims_and_settings_are_refused(tmp_path):
+    out = _build(tmp_path / "i", "hnsw")
     doc = json.loads((out / META_FILE).read_text())
-    doc["dim"] = 1 << 40
-    (out / META_FILE).write_text(json.dumps(doc))
-    _refused(out, "not a whole number from 1 to")
+    for key, value, match in (
+        ("dim", 1 << 40, "not a whole number from 1 to"),
+        ("params", {"m": 1 << 40}, "m must be a whole number from 0 to"),
+        ("params", {"ef_search": 1 << 31}, "ef_search must be a whole number from 0 to"),
+    ):
+        (out / META_FILE).write_text(json.dumps({**doc, key: value}))
+        _refused(out, match)
 
 
 def test_fp16_code_matches_faiss():

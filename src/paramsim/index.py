@@ -122,8 +122,8 @@ class EmbeddingIndex:
         self.storage = storage
         self.params = {**DEFAULT_PARAMS[kind], **(params or {})}
         for key, value in self.params.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ParamsimError(f"index setting {key} must be a whole number >= 0")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+                raise ParamsimError(f"index setting {key} must be a whole number from 0 to 2^31-1")
         self.meta = dict(meta or {})
         self._index = None if kind == "ivf" else self._new_index(0)
         self.ids = np.zeros(0, dtype=np.int64)
@@ -480,7 +480,12 @@ class EmbeddingIndex:
                 "rebuild the index"
             )
         try:
-            out = cls(dim, doc.get("meta"), doc.get("storage", "flat"), doc["kind"], doc["params"])
+            try:
+                out = cls(
+                    dim, doc.get("meta"), doc.get("storage", "flat"), doc["kind"], doc["params"]
+                )
+            except ParamsimError as exc:
+                raise ValueError(f"{META_FILE}: {exc}") from None
             n = doc["n"]
             if not isinstance(n, int) or isinstance(n, bool):
                 raise ValueError(f"n is {n!r}, not a count")
@@ -508,26 +513,28 @@ class EmbeddingIndex:
                 setattr(out, f"_{vocab}", _Vocab(names))
             n_vectors = n  # what the faiss file must hold
         except (KeyError, TypeError, ValueError, OSError) as exc:
-            raise ParamsimError(f"{d} is damaged ({exc}); rebuild the index") from exc
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ParamsimError(f"{d} is damaged ({why}); rebuild the index") from exc
         digest, size = doc.get("index_sha256"), doc.get("index_bytes")
         if not (digest is None or isinstance(digest, str)) or not (
             size is None or (isinstance(size, int) and not isinstance(size, bool))
         ):
             raise ParamsimError(f"{d / META_FILE} has a malformed index checksum; rebuild it")
         # older indexes record no size or digest: the structure check still bounds every length
-        check_faiss_file(
-            d / INDEX_FILE,
-            kind=out.kind,
-            storage=out.storage,
-            dim=out.dim,
-            n=n_vectors,
-            sha256=digest,
-            size=size,
-        )
         try:
+            check_faiss_file(
+                d / INDEX_FILE,
+                kind=out.kind,
+                storage=out.storage,
+                dim=out.dim,
+                n=n_vectors,
+                sha256=digest,
+                size=size,
+            )
             out._index = faiss.read_index(str(d / INDEX_FILE))  # faiss's own format, never pickle
         except (RuntimeError, OSError) as exc:
-            raise ParamsimError(f"{d} is damaged ({exc}); rebuild the index") from exc
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ParamsimError(f"{d} is damaged ({why}); rebuild the index") from exc
         ntotal, dims = int(out._index.ntotal), int(out._index.d)
         if ntotal != n_vectors or dims != out.dim or len(out.ids) != ntotal:
             raise ParamsimError(
