@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from paramsim.errors import ParamsimError
+from paramsim.index_check import check_faiss_file, check_items_file, file_digest
 from paramsim.vectors import unit_rows
 
 INDEX_FILE = "index.faiss"
@@ -42,6 +43,8 @@ DEFAULT_PARAMS = {
 # a filtered search that keeps at most this many models scores them exactly (a few ms)
 EXACT_SUBSET = 20_000
 _OWN_FILES = {INDEX_FILE, META_FILE, ITEMS_FILE}
+# the largest embedding width an index may declare (LPS emb_dim tops out at 4096)
+MAX_DIM = 1 << 16
 
 
 def model_checksum(model_dir: str | Path) -> str:
@@ -119,8 +122,8 @@ class EmbeddingIndex:
         self.storage = storage
         self.params = {**DEFAULT_PARAMS[kind], **(params or {})}
         for key, value in self.params.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ParamsimError(f"index setting {key} must be a whole number >= 0")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+                raise ParamsimError(f"index setting {key} must be a whole number from 0 to 2^31-1")
         self.meta = dict(meta or {})
         self._index = None if kind == "ivf" else self._new_index(0)
         self.ids = np.zeros(0, dtype=np.int64)
@@ -422,6 +425,9 @@ class EmbeddingIndex:
                 "archs": self._archs.names,
                 "sources": self._sources.names,
                 "meta": self.meta,
+                # let load check the faiss file before faiss allocates from its contents
+                "index_bytes": (tmp / INDEX_FILE).stat().st_size,
+                "index_sha256": file_digest(tmp / INDEX_FILE),
             }
             (tmp / META_FILE).write_text(json.dumps(doc))
             with open(tmp / ITEMS_FILE, "wb") as f:
@@ -467,13 +473,26 @@ class EmbeddingIndex:
                 f"{d} has index format version {doc.get('format_version')}; this paramsim "
                 f"reads {INDEX_FORMAT_VERSION}; rebuild it with `paramsim index build`"
             )
-        try:
-            out = cls(
-                doc["dim"], doc.get("meta"), doc.get("storage", "flat"), doc["kind"], doc["params"]
+        dim = doc.get("dim")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_DIM:
+            raise ParamsimError(
+                f"{d / META_FILE} declares {dim!r} dims, not a whole number from 1 to {MAX_DIM}; "
+                "rebuild the index"
             )
+        try:
+            try:
+                out = cls(
+                    dim, doc.get("meta"), doc.get("storage", "flat"), doc["kind"], doc["params"]
+                )
+            except ParamsimError as exc:
+                raise ValueError(f"{META_FILE}: {exc}") from None
+            n = doc["n"]
+            if not isinstance(n, int) or isinstance(n, bool):
+                raise ValueError(f"n is {n!r}, not a count")
+            keys = ("ids", "task", "arch", "acc", "source", "local")
+            check_items_file(d / ITEMS_FILE, keys, n)  # the headers before numpy allocates
             with np.load(d / ITEMS_FILE, allow_pickle=False) as items:
-                arrays = {k: items[k] for k in ("ids", "task", "arch", "acc", "source", "local")}
-            n = int(doc["n"])
+                arrays = {k: items[k] for k in keys}
             if any(a.ndim != 1 or len(a) != n for a in arrays.values()):
                 raise ValueError("per-model arrays disagree in length")
             out.ids = arrays["ids"].astype(np.int64)
@@ -492,12 +511,37 @@ class EmbeddingIndex:
                     raise ValueError(f"{key} codes out of range")
                 setattr(out, attr, codes)
                 setattr(out, f"_{vocab}", _Vocab(names))
-            # faiss's own format, never pickle
-            out._index = faiss.read_index(str(d / INDEX_FILE))
-        except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
-            raise ParamsimError(f"{d} is damaged ({exc}); rebuild the index") from exc
-        if len(out.ids) != len(out) or out._index.d != out.dim:
-            raise ParamsimError(f"{d} is inconsistent (ids vs vectors); rebuild the index")
+            n_vectors = n  # what the faiss file must hold
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ParamsimError(f"{d} is damaged ({why}); rebuild the index") from exc
+        digest, size = doc.get("index_sha256"), doc.get("index_bytes")
+        if not (digest is None or isinstance(digest, str)) or not (
+            size is None or (isinstance(size, int) and not isinstance(size, bool))
+        ):
+            raise ParamsimError(f"{d / META_FILE} has a malformed index checksum; rebuild it")
+        # older indexes record no size or digest: the structure check still bounds every length
+        try:
+            check_faiss_file(
+                d / INDEX_FILE,
+                kind=out.kind,
+                storage=out.storage,
+                dim=out.dim,
+                n=n_vectors,
+                sha256=digest,
+                size=size,
+            )
+            out._index = faiss.read_index(str(d / INDEX_FILE))  # faiss's own format, never pickle
+        except (RuntimeError, OSError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ParamsimError(f"{d} is damaged ({why}); rebuild the index") from exc
+        ntotal, dims = int(out._index.ntotal), int(out._index.d)
+        if ntotal != n_vectors or dims != out.dim or len(out.ids) != ntotal:
+            raise ParamsimError(
+                f"{d} is inconsistent: {INDEX_FILE} holds {ntotal} vectors of {dims} dims, "
+                f"{META_FILE} declares {n_vectors} of {out.dim} and {ITEMS_FILE} {len(out.ids)} "
+                "ids; rebuild the index"
+            )
         return out
 
 
