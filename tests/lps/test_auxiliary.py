@@ -70,3 +70,19 @@ def test_auxiliary_tasks_touching_a_class_absent_from_training_never_train(small
         aux_zoo.networks(), [r.task for r in aux_zoo.records], tasks
     )
     assert len(kept_n) == len(allowed) and all(t.classes <= seen for t in kept_t)
+
+
+def test_a_zoo_with_a_cached_auxiliary_zoo_still_resumes_and_verifies(small_zoo):
+    """The auxiliary zoo lives inside the zoo directory: `zoo build` must still know the
+    directory as its own zoo (a resume, not a refusal) and `zoo info --verify` stays clean."""
+    from paramsim.cli import main
+
+    aux.auxiliary_zoo(small_zoo, 4, 2)
+    assert (small_zoo / aux.AUX_DIR).is_dir()
+    before = {p.name: p.stat().st_mtime_ns for p in (small_zoo / "shards").iterdir()}
+    recipe = RECIPES["digits-pairs"].with_overrides(
+        tasks="0-1,2-3,4-5,6-7,8-9", models_per_task=2, steps=(30, 40)
+    )
+    build_zoo(recipe, small_zoo, progress=False)  # complete: nothing to redo, nothing refused
+    assert {p.name: p.stat().st_mtime_ns for p in (small_zoo / "shards").iterdir()} == before
+    assert main(["zoo", "info", str(small_zoo), "--verify"]) == 0

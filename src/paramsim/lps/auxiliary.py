@@ -21,8 +21,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from paramsim.errors import ParamsimError
+from paramsim.zoo.store import AUXILIARY
 
-AUX_DIR = "auxiliary"
+AUX_DIR = AUXILIARY  # inside the zoo directory, which `zoo build` knows as its own
 SMALL_SHARD = 40
 
 

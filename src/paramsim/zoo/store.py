@@ -59,8 +59,10 @@ CREATE TABLE IF NOT EXISTS models (
     sha256 TEXT NOT NULL,
     val_acc REAL);                  -- on held-out training rows; NULL when none were held out
 """
+# Where learned methods cache what they build from a zoo (LPS's auxiliary group-task zoo).
+AUXILIARY = "auxiliary"
 # What a zoo directory holds, so that `zoo build --out` recognises one and refuses the rest.
-ZOO_OUTPUT = OutputKind("a zoo", (REGISTRY,), (REGISTRY, f"{REGISTRY}-*", SHARDS))
+ZOO_OUTPUT = OutputKind("a zoo", (REGISTRY,), (REGISTRY, f"{REGISTRY}-*", SHARDS, AUXILIARY))
 MODEL_COLUMNS = (
     "id, task_id, output_classes, arch, settings, seed, retrains, train_acc, test_acc, shard, "
     "sha256, val_acc"
