@@ -55,7 +55,7 @@ def time_single(idx, q: np.ndarray, k: int, **kw) -> tuple[float, np.ndarray]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--dim", type=int, default=128, help="LPS embedding dimension (emb_dim)")
+    ap.add_argument("--dim", type=int, default=256, help="LPS embedding length (LPSConfig.out_dim)")
     ap.add_argument("--data", choices=["clustered", "uniform"], default="clustered")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--threads", default="1,2")
