@@ -157,3 +157,15 @@ def test_recipe_made_in_python_is_validated():
         Recipe("mine", optimizer="rmsprop")
     with pytest.raises(ParamsimError, match="batch_size"):
         RECIPES["digits-pairs"].with_overrides(batch_size=0)
+
+
+def test_recorded_settings_give_back_the_recipe():
+    import json
+
+    from paramsim.zoo import RECIPES, Recipe
+
+    recipe = RECIPES["fashion-pairs-cnn"]
+    stored = json.loads(json.dumps(recipe.__dict__, default=list))  # as build.py records it
+    assert Recipe.from_settings(stored) == recipe
+    old = {**stored, "min_test_acc": stored.pop("min_val_acc"), "from_a_newer_version": 1}
+    assert Recipe.from_settings(old) == recipe  # the old field name is read, unknown ones left out

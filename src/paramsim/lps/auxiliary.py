@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from paramsim.errors import ParamsimError
@@ -25,14 +25,6 @@ from paramsim.zoo.store import AUXILIARY
 
 AUX_DIR = AUXILIARY  # inside the zoo directory, which `zoo build` knows as its own
 SMALL_SHARD = 40
-
-
-def _tupled(value):
-    if isinstance(value, list):
-        return tuple(_tupled(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tupled(v) for k, v in value.items()}
-    return value
 
 
 def auxiliary_recipe(zoo, n_tasks: int, models_per_task: int):
@@ -50,8 +42,7 @@ def auxiliary_recipe(zoo, n_tasks: int, models_per_task: int):
     settings = zoo.meta.get("recipe_settings")
     if not isinstance(settings, dict):
         raise ParamsimError(f"{zoo.path} records no recipe; rebuild it with `paramsim zoo build`")
-    known = {f.name for f in fields(Recipe)}
-    rec = Recipe(**{k: _tupled(v) for k, v in settings.items() if k in known})
+    rec = Recipe.from_settings(settings)
     c, h, w = zoo.records[0].arch.input_shape
     shard = min(rec.shard_size, SMALL_SHARD) if h * w > 256 else rec.shard_size
     return replace(

@@ -226,6 +226,16 @@ class Recipe:
         if not isinstance(self.description, str):
             raise _bad("description", self.description, "a string")
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> Recipe:
+        """The recipe a zoo recorded (`meta["recipe_settings"]`, JSON lists for tuples). Fields
+        this version does not know are left out; `min_test_acc` is read as `min_val_acc`."""
+        data = dict(settings)
+        if "min_test_acc" in data and "min_val_acc" not in data:
+            data["min_val_acc"] = data.pop("min_test_acc")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: _tupled(v) for k, v in data.items() if k in known})
+
     def with_overrides(self, **kw) -> Recipe:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
