@@ -86,3 +86,10 @@ def test_a_zoo_with_a_cached_auxiliary_zoo_still_resumes_and_verifies(small_zoo)
     build_zoo(recipe, small_zoo, progress=False)  # complete: nothing to redo, nothing refused
     assert {p.name: p.stat().st_mtime_ns for p in (small_zoo / "shards").iterdir()} == before
     assert main(["zoo", "info", str(small_zoo), "--verify"]) == 0
+
+
+def test_building_the_auxiliary_zoo_says_so_once(small_zoo, capsys):
+    aux.auxiliary_zoo(small_zoo, 3, 2)
+    assert "building its auxiliary zoo" in capsys.readouterr().err
+    aux.auxiliary_zoo(small_zoo, 3, 2)  # cached: silent
+    assert capsys.readouterr().err == ""

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -115,6 +116,13 @@ def auxiliary_zoo(
     rec = auxiliary_recipe(zoo, n_tasks, models_per_task)
     with _locked(out.with_name(out.name + ".lock")):
         if not ((out / "registry.sqlite").is_file() and Zoo.open(out).summary_complete):
+            # a long first step that later runs skip: say so even without a progress bar
+            print(
+                f"LPS: building its auxiliary zoo ({n_tasks} group tasks x {models_per_task} "
+                f"models, {rec.name}) in {out}; later fits reuse it",
+                file=sys.stderr,
+                flush=True,
+            )
             build_zoo(
                 rec,
                 out,
