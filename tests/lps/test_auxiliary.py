@@ -93,3 +93,12 @@ def test_building_the_auxiliary_zoo_says_so_once(small_zoo, capsys):
     assert "building its auxiliary zoo" in capsys.readouterr().err
     aux.auxiliary_zoo(small_zoo, 3, 2)  # cached: silent
     assert capsys.readouterr().err == ""
+
+
+def test_a_damaged_auxiliary_shard_is_retrained_not_an_error(small_zoo):
+    path = aux.auxiliary_zoo(small_zoo, 3, 2)
+    shard = sorted((path / "shards").glob("*.safetensors"))[0]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:100] + b"garbage" + good[107:])
+    assert aux.auxiliary_zoo(small_zoo, 3, 2) == path
+    assert shard.read_bytes() == good and not Zoo.open(path).verify()  # same seed, same bytes

@@ -95,6 +95,18 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _intact(out: Path) -> bool:
+    """Complete and every shard matching its sha256: anything less is resumed by build_zoo,
+    which retrains exactly the missing or damaged shards (the user never built this zoo, so
+    an error telling them to rebuild it would not help)."""
+    from paramsim.zoo import Zoo
+
+    if not (out / "registry.sqlite").is_file():
+        return False
+    zoo = Zoo.open(out)
+    return zoo.summary_complete and not zoo.verify()
+
+
 TASKS_PER_ZOO_TASK = 3  # a small zoo (a test's) gets a proportionally small auxiliary zoo
 
 
@@ -111,11 +123,11 @@ def auxiliary_zoo(
     zoo = Zoo.open(zoo_dir)
     n_tasks = min(n_tasks, TASKS_PER_ZOO_TASK * len(zoo.tasks))
     out = auxiliary_dir(zoo_dir, n_tasks, models_per_task)
-    if (out / "registry.sqlite").is_file() and Zoo.open(out).summary_complete:
+    if _intact(out):
         return out
     rec = auxiliary_recipe(zoo, n_tasks, models_per_task)
     with _locked(out.with_name(out.name + ".lock")):
-        if not ((out / "registry.sqlite").is_file() and Zoo.open(out).summary_complete):
+        if not _intact(out):
             # a long first step that later runs skip: say so even without a progress bar
             print(
                 f"LPS: building its auxiliary zoo ({n_tasks} group tasks x {models_per_task} "
