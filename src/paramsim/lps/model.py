@@ -96,7 +96,7 @@ class SetReadout(nn.Module):
         return h.sum(1) @ self.w2.T
 
 
-class UnitSetReadout(nn.Module):
+class UnitSetReadout(SetReadout):
     """Hidden units' probe responses (M, P, units) -> mean over units of W2 relu(W1 u + b1).
 
     Each unit's response over the probes is centred and unit-normalised (so ReLU rescaling of
@@ -105,11 +105,7 @@ class UnitSetReadout(nn.Module):
     Zaheer et al. 2017, over the units of the last hidden layer).
     """
 
-    def __init__(self, n_probes: int, hidden: int, emb: int, gen: torch.Generator) -> None:
-        super().__init__()
-        self.w1 = nn.Parameter(_orthogonal_(torch.empty(hidden, n_probes), gen))
-        self.b1 = nn.Parameter(torch.zeros(hidden))
-        self.w2 = nn.Parameter(_orthogonal_(torch.empty(emb, hidden), gen))
+    # the same W1, b1, W2 as SetReadout (n_in = probes); only the reading differs
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h - h.mean(dim=1, keepdim=True)
