@@ -169,3 +169,20 @@ def test_recorded_settings_give_back_the_recipe():
     assert Recipe.from_settings(stored) == recipe
     old = {**stored, "min_test_acc": stored.pop("min_val_acc"), "from_a_newer_version": 1}
     assert Recipe.from_settings(old) == recipe  # the old field name is read, unknown ones left out
+
+
+def test_settings_recorded_before_validation_rows_still_give_a_recipe():
+    """A zoo built when the floor was checked on the test split recorded `min_test_acc` and no
+    `val_fraction`; deriving a recipe from it (LPS's auxiliary zoo) must not fail validation."""
+    import json
+
+    from paramsim.zoo import RECIPES, Recipe
+    from paramsim.zoo.recipes import LEGACY_VAL_FRACTION
+
+    stored = json.loads(json.dumps(RECIPES["digits-pairs-cnn"].__dict__, default=list))
+    old = {k: v for k, v in stored.items() if k not in ("min_val_acc", "val_fraction")}
+    old["min_test_acc"] = 0.9
+    got = Recipe.from_settings(old)
+    assert got.min_val_acc == 0.9 and got.val_fraction == LEGACY_VAL_FRACTION
+    no_floor = Recipe.from_settings({**old, "min_test_acc": 0.0})
+    assert no_floor.val_fraction == 0.0  # nothing is selected, so no rows are held out

@@ -43,6 +43,7 @@ MAX_SHARD = 1000
 LOG10_LR = (-8.0, 1.0)  # learning rates from 1e-8 to 10: never 0, never infinite
 MAX_INIT_SCALE = 100.0
 MAX_VAL_FRACTION = 0.5
+LEGACY_VAL_FRACTION = 0.15  # validation share given to zoos recorded before val_fraction existed
 MAX_MODELS = 200_000  # planned models of one zoo
 MAX_MODEL_VALUES = 2**24  # parameters and buffers of one model (64 MB in float32)
 MAX_SHARD_VALUES = 2**26  # of all models trained together (about 1 GB with Adam state)
@@ -229,10 +230,17 @@ class Recipe:
     @classmethod
     def from_settings(cls, settings: dict) -> Recipe:
         """The recipe a zoo recorded (`meta["recipe_settings"]`, JSON lists for tuples). Fields
-        this version does not know are left out; `min_test_acc` is read as `min_val_acc`."""
+        this version does not know are left out.
+
+        A zoo built before validation rows existed recorded `min_test_acc` (a floor checked on
+        the test split) and no `val_fraction`; it reads as `min_val_acc` with the built-in
+        recipes' validation share, so a recipe derived from the zoo (LPS's auxiliary zoo)
+        selects its models on validation rows instead of failing to load."""
         data = dict(settings)
         if "min_test_acc" in data and "min_val_acc" not in data:
             data["min_val_acc"] = data.pop("min_test_acc")
+            if (data["min_val_acc"] or 0) > 0 and not data.get("val_fraction"):
+                data["val_fraction"] = LEGACY_VAL_FRACTION
         known = {f.name for f in fields(cls)}
         return cls(**{k: _tupled(v) for k, v in data.items() if k in known})
 
