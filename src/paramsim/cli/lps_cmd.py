@@ -106,6 +106,7 @@ def register(cli: click.Group) -> None:
         from tqdm import tqdm
 
         from paramsim.lps import LPS, VARIANTS, LPSConfig, variant_configs
+        from paramsim.lps.material import zoo_material
         from paramsim.zoo import open_zoo
 
         if method is not None and variant is not None:
@@ -132,20 +133,13 @@ def register(cli: click.Group) -> None:
             for ez in extras:
                 extra_n += ez.networks()
                 extra_t += [r.task for r in ez.records]
-            if fit_config.aux_tasks > 0:  # the method's own group-task zoo, built once
-                from paramsim.lps.auxiliary import auxiliary_zoo, usable_auxiliary
-
-                az = open_zoo(
-                    auxiliary_zoo(
-                        zoo, fit_config.aux_tasks, fit_config.aux_models_per_task, not quiet
-                    )
-                )
-                aux_n, aux_t = usable_auxiliary(az.networks(), [r.task for r in az.records], tasks)
-                extra_n += aux_n
-                extra_t += aux_t
             cfg = LPSConfig(
                 input_shape=tuple(nets[0].input_shape), n_outputs=nets[0].n_outputs, **cfg_kw
             )
+            # the method's own group-task zoo (built once) and probe start images
+            got = zoo_material(zoo, fit_config, tasks, cfg.n_probes, not quiet)
+            extra_n += got.networks
+            extra_t += got.tasks
             bar = tqdm(total=fit_config.epochs + 1, disable=quiet, desc="fit", unit="epoch")
 
             def progress(h: dict) -> None:
@@ -162,6 +156,7 @@ def register(cli: click.Group) -> None:
                     extra_tasks=extra_t,
                     progress=progress,
                     device=device,
+                    probe_images=got.probe_images,
                 )
             finally:
                 bar.close()

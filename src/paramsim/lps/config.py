@@ -269,6 +269,9 @@ class FitConfig:
     # the zoo's directory is known: `paramsim fit`, `eval`, `reproduce`); 0 tasks: none
     aux_tasks: int = _int(150, 0, 10_000)
     aux_models_per_task: int = _int(4, 1, 100)
+    # where the learned probes start: "data", training images of the zoo's own data set (of
+    # the training tasks' classes; used when the fit knows the zoo), or "noise", uniform noise
+    probe_init: str = _choice("data", "data", "noise")
     seed: int = _int(0, 0, 2**63 - 1)
     extra: dict = field(default_factory=dict)
 

@@ -91,6 +91,7 @@ class LPS:
         progress: ProgressFn | None = None,
         time_limit: float | None = None,
         device: str | torch.device | None = None,
+        probe_images: torch.Tensor | None = None,
     ) -> LPS:
         """Train on `networks` labelled by `tasks` (one per model), plus the extra models whose
         tasks pass `filter_extra`; stop early on validation mAP; keep the best epoch.
@@ -98,6 +99,9 @@ class LPS:
         Without `val`, `fit_config.val_fraction` of the training tasks are held out for it.
         `device` (cpu by default, or cuda[:N]) is where the network and the stacked weights
         train; random draws stay on the CPU, and the fitted network comes back on the CPU.
+        `probe_images` (images of the training tasks' data, in [0, 1]) start the learned
+        probes when `fit_config.probe_init` is "data" (`paramsim.lps.material`); without them
+        the probes start as noise.
         """
         dev = resolve_device(device)  # before any work: a missing GPU is the first refusal
         fc = self.fit_config
@@ -136,7 +140,9 @@ class LPS:
             input_shape=tuple(all_nets[0].input_shape), n_outputs=all_nets[0].n_outputs
         )
         self.config = cfg
-        net = LPSNet(cfg, seed=seed).to(dev)
+        if fc.probe_init != "data":
+            probe_images = None
+        net = LPSNet(cfg, seed=seed, probe_images=probe_images).to(dev)
         why = net.check(all_nets)
         if why:
             raise ParamsimError(why)
@@ -244,6 +250,7 @@ class LPS:
             "n_train_tasks": len(keys),
             "n_extra_models": len(keep),
             "n_extra_dropped": len(extra_tasks) - len(keep),
+            "probe_init": "data" if probe_images is not None and len(probe_images) else "noise",
             "train_tasks": sorted({canonical_name(Task(k)) for k in keys}),  # type: ignore
             "val_tasks": sorted({t.name for t in val[1]}) if val is not None else [],
             "fit_seconds": time.perf_counter() - started,

@@ -22,7 +22,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # no relation or function-part loss
     "lps-v1": (
         dict(set_readout=False, combine="sum"),
-        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0),
+        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0, probe_init="noise"),
     ),
     "lps-noaux": ({}, dict(aux_tasks=0)),
     "lps-authors": (
@@ -145,12 +145,13 @@ class LPSMethod(Method):
         for path in paths:
             more_n, more_t = _zoo_training_set(str(path))
             extra_n, extra_t = [*extra_n, *more_n], [*extra_t, *more_t]
-        if context is not None and context.zoo and fc.aux_tasks > 0:
-            from paramsim.lps.auxiliary import auxiliary_zoo, usable_auxiliary
+        probe_images = None
+        if context is not None and context.zoo:
+            from paramsim.lps.material import zoo_material
 
-            path = auxiliary_zoo(context.zoo, fc.aux_tasks, fc.aux_models_per_task)
-            aux_n, aux_t = usable_auxiliary(*_zoo_training_set(str(path)), tasks)
-            extra_n, extra_t = [*extra_n, *aux_n], [*extra_t, *aux_t]
+            got = zoo_material(context.zoo, fc, tasks, self._config(networks).n_probes)
+            extra_n, extra_t = [*extra_n, *got.networks], [*extra_t, *got.tasks]
+            probe_images = got.probe_images
         if extra_n and not self._config(networks).func_branch:
             keep = [i for i, n in enumerate(extra_n) if n.kind == "mlp"]
             extra_n = [extra_n[i] for i in keep]
@@ -162,6 +163,7 @@ class LPSMethod(Method):
             extra_networks=extra_n,
             extra_tasks=extra_t,
             exclude_tasks=self.exclude_tasks,
+            probe_images=probe_images,
         )
         return self
 

@@ -31,6 +31,7 @@ from paramsim.vectors import unit_rows
 from paramsim.weights import Network, NetworkStack, group_by_signature
 
 EPS = 1e-8
+PROBE_MARGIN = 0.05  # probe pixels start in [margin, 1 - margin]
 
 
 def _triu_vec(s: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,11 @@ class UnitSetReadout(SetReadout):
 class LPSNet(nn.Module):
     """Learnable parameter similarity network; see the module docstring for the design."""
 
-    def __init__(self, config: LPSConfig, seed: int = 0) -> None:
+    def __init__(
+        self, config: LPSConfig, seed: int = 0, probe_images: torch.Tensor | None = None
+    ) -> None:
+        """`probe_images` (up to n_probes, in [0, 1]) start the first probes; the rest start
+        as uniform noise, drawn from `seed` either way so the other parameters do not move."""
         super().__init__()
         self.config = cfg = config
         gen = torch.Generator().manual_seed(seed)
@@ -156,6 +161,15 @@ class LPSNet(nn.Module):
         if cfg.func_branch:
             c, h, w = cfg.input_shape
             u = torch.rand(cfg.n_probes, c, h, w, generator=gen) * 0.9 + 0.05
+            if probe_images is not None and len(probe_images):
+                if tuple(probe_images.shape[1:]) != (c, h, w):
+                    raise ParamsimError(
+                        f"probe start images have shape {tuple(probe_images.shape[1:])}; "
+                        f"this LPS model reads {(c, h, w)}"
+                    )
+                k = min(len(probe_images), cfg.n_probes)
+                # inside (0, 1), so the sigmoid's inverse is finite and its slope not vanishing
+                u[:k] = probe_images[:k].to(u.dtype).clamp(PROBE_MARGIN, 1 - PROBE_MARGIN)
             self.probes_raw = nn.Parameter(torch.log(u / (1 - u)))
             p = cfg.n_probes
             if cfg.probe_logits and cfg.set_readout:

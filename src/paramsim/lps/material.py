@@ -1,0 +1,86 @@
+"""What an LPS fit takes from the zoo's directory beyond the models themselves.
+
+Two things, both used only while fitting (an embedding still reads weights alone):
+
+* the auxiliary group-task zoo (`paramsim.lps.auxiliary`), more tasks to learn from;
+* training images of the zoo's data set that start the learned probes. Probes that start as
+  uniform noise sit far from the images the models were trained on, where a CNN's answer says
+  little about its task (on Fashion-MNIST CNNs, noise-started probes retrieved worse than
+  fixed synthetic ones); started on real images they read each model where it was trained.
+
+Both keep to the classes of the training tasks, so a class held out of training (the
+held-out-classes protocol, or a user's exclusion) never reaches the metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from paramsim.data import Task
+from paramsim.lps.config import FitConfig
+from paramsim.weights import Network
+
+
+def probe_start_images(
+    x: torch.Tensor, y: torch.Tensor, classes: frozenset[int], n: int, seed: int
+) -> torch.Tensor:
+    """`n` images of `x` (N, C, H, W) whose label `y` is in `classes`, spread evenly over
+    those classes (round robin, each class's images in a seeded random order); fewer when
+    there are fewer such images."""
+    gen = torch.Generator().manual_seed(seed)
+    per_class = []
+    for c in sorted(classes):
+        idx = torch.nonzero(y == c).flatten()
+        per_class.append(idx[torch.randperm(len(idx), generator=gen)])
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < n and any(depth < len(p) for p in per_class):
+        for p in per_class:
+            if depth < len(p) and len(chosen) < n:
+                chosen.append(int(p[depth]))
+        depth += 1
+    return x[torch.tensor(chosen, dtype=torch.long)].float().clone()
+
+
+@dataclass
+class FitMaterial:
+    """Extra training models and probe start images for one fit."""
+
+    networks: list[Network] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    probe_images: torch.Tensor | None = None
+
+
+def zoo_material(
+    zoo_dir: str | Path,
+    fit_config: FitConfig,
+    train_tasks: Sequence[Task],
+    n_probes: int,
+    progress: bool = False,
+) -> FitMaterial:
+    """The auxiliary models and probe start images a default fit on `zoo_dir` uses, limited
+    to the classes of `train_tasks`; what `fit_config` turns off is left empty."""
+    from paramsim.zoo import open_zoo
+
+    got = FitMaterial()
+    seen = frozenset().union(*(t.classes for t in train_tasks))
+    if fit_config.aux_tasks > 0:
+        from paramsim.lps.auxiliary import auxiliary_zoo, usable_auxiliary
+
+        path = auxiliary_zoo(
+            zoo_dir, fit_config.aux_tasks, fit_config.aux_models_per_task, progress
+        )
+        az = open_zoo(path)
+        got.networks, got.tasks = usable_auxiliary(
+            az.networks(), [r.task for r in az.records], train_tasks
+        )
+    if fit_config.probe_init == "data":
+        ds = open_zoo(zoo_dir).dataset()
+        got.probe_images = probe_start_images(
+            ds.x_train, ds.y_train, seen, n_probes, fit_config.seed
+        )
+    return got

@@ -1,0 +1,82 @@
+"""Probe start images: drawn from the training tasks' classes only, and where the probes start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from paramsim.errors import ParamsimError
+from paramsim.features.base import Context
+from paramsim.lps import FitConfig, LPSConfig, LPSMethod
+from paramsim.lps.material import probe_start_images, zoo_material
+from paramsim.lps.model import PROBE_MARGIN, LPSNet
+from paramsim.zoo import RECIPES, Zoo, build_zoo
+
+FAST = dict(epochs=1, patience=1, tasks_per_batch=4, models_per_task=2, min_batches=1)
+SMALL = dict(emb_dim=8, rank=8, n_probes=6, set_hidden=8)
+
+
+def _labelled(n_per_class: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = y.float()[:, None, None, None].expand(-1, 1, 2, 2) / classes  # pixel value names class
+    return x.contiguous(), y
+
+
+def test_start_images_are_spread_over_the_given_classes_only():
+    x, y = _labelled(5, 4)
+    got = probe_start_images(x, y, frozenset({0, 2, 3}), 7, seed=1)
+    labels = (got[:, 0, 0, 0] * 4).round().long().tolist()
+    assert len(labels) == 7 and set(labels) <= {0, 2, 3}
+    assert sorted(labels.count(c) for c in (0, 2, 3)) == [2, 2, 3]  # round robin
+    assert torch.equal(got, probe_start_images(x, y, frozenset({0, 2, 3}), 7, seed=1))
+    assert len(probe_start_images(x, y, frozenset({1}), 9, seed=1)) == 5  # all there are
+
+
+def test_start_images_become_the_first_probes_and_move_nothing_else():
+    cfg = LPSConfig(input_shape=(1, 2, 2), **SMALL)
+    images = torch.tensor([0.0, 0.3, 1.0, 0.5]).reshape(1, 1, 2, 2).expand(4, 1, 2, 2)
+    started = LPSNet(cfg, seed=3, probe_images=images)
+    plain = LPSNet(cfg, seed=3)
+    want = images.clamp(PROBE_MARGIN, 1 - PROBE_MARGIN)
+    assert torch.allclose(started.probes[:4], want, atol=1e-6)
+    assert torch.equal(started.probes[4:], plain.probes[4:])  # the rest: the same noise
+    others = dict(plain.named_parameters())
+    for name, a in started.named_parameters():
+        if name != "probes_raw":
+            assert torch.equal(a, others[name]), name
+    with pytest.raises(ParamsimError, match="probe start images have shape"):
+        LPSNet(cfg, probe_images=torch.zeros(2, 1, 3, 3))
+
+
+@pytest.fixture(scope="module")
+def small_zoo(tmp_path_factory):
+    recipe = RECIPES["digits-pairs"].with_overrides(
+        tasks="0-1,2-3,4-5,6-7,8-9", models_per_task=2, steps=(20, 30)
+    )
+    return build_zoo(recipe, tmp_path_factory.mktemp("matzoo") / "zoo", progress=False)
+
+
+def test_zoo_material_draws_probe_images_only_from_training_classes(small_zoo):
+    z = Zoo.open(small_zoo)
+    ds = z.dataset()
+    train = [t for t in z.tasks if 9 not in t.classes]  # class 8 and 9 held out with "8 vs 9"
+    fc = FitConfig(aux_tasks=0)
+    got = zoo_material(small_zoo, fc, train, 16)
+    assert got.probe_images is not None and len(got.probe_images) == 16
+    flat = ds.x_train.flatten(1)
+    rows = [int((flat - im.flatten()).abs().sum(1).argmin()) for im in got.probe_images]
+    assert {int(ds.y_train[i]) for i in rows} == set(range(8))
+    off = zoo_material(small_zoo, FitConfig(aux_tasks=0, probe_init="noise"), train, 16)
+    assert off.probe_images is None and off.networks == []
+
+
+def test_fit_through_the_zoo_starts_probes_on_data_and_records_it(small_zoo):
+    z = Zoo.open(small_zoo)
+    nets, tasks = z.networks(), [r.task for r in z.records]
+    fc = FitConfig(**FAST, aux_tasks=0, val_fraction=0.0)
+    on_zoo = LPSMethod("lps", fc, **SMALL).fit(nets, tasks, Context(zoo=small_zoo))
+    assert on_zoo.model is not None and on_zoo.model.meta["probe_init"] == "data"
+    alone = LPSMethod("lps", fc, **SMALL).fit(nets, tasks, Context())
+    assert alone.model is not None and alone.model.meta["probe_init"] == "noise"
+    v1 = LPSMethod("lps-v1", fc, **SMALL).fit(nets, tasks, Context(zoo=small_zoo))
+    assert v1.model is not None and v1.model.meta["probe_init"] == "noise"
