@@ -207,3 +207,24 @@ def test_every_variant_tells_two_tasks_apart(variant, kind):
             assert float(e[0] @ e[3]) > 1 - 1e-4
         else:  # the same features, another readout: another point too
             assert float(e[0] @ e[3]) < 0.999
+
+
+def test_embedding_does_not_depend_on_how_models_are_batched():
+    nets = [random_mlp((64, 32, 32, 2), s) for s in range(7)]
+    nets += [random_cnn((8, 16), s) for s in range(5)]
+    net = NETS["set"]
+    whole = net.embed(nets)
+    assert np.allclose(net.embed(nets, batch_size=3), whole, atol=1e-6)
+    assert np.allclose(net.embed(nets[::-1], batch_size=2)[::-1], whole, atol=1e-6)
+
+
+def test_in_place_signed_sqrt_equals_the_differentiable_one():
+    from paramsim.lps.model import _signed_sqrt
+
+    x = torch.randn(50, 30, dtype=torch.float64) * 3
+    x[0, :5] = 0.0
+    leaf = x.clone().requires_grad_(True)
+    want = _signed_sqrt(leaf).detach()
+    with torch.no_grad():
+        got = _signed_sqrt(x.clone())
+    assert torch.equal(got, want)
