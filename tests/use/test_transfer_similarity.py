@@ -36,3 +36,16 @@ def test_gram_methods_over_the_budget_are_compared_from_their_factors(use_zoo, m
         want = cross_similarity(method, nets[:4], nets[4:], ctx)
         np.testing.assert_allclose(got, want, atol=1e-6)  # the Grams of embed are float32
         assert np.array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_the_in_memory_path_counts_its_copies_of_the_embeddings(use_zoo, monkeypatch):
+    def no_dense(*args, **kwargs):
+        raise AssertionError("embeddings held three times over would exceed the budget")
+
+    monkeypatch.setattr(similarity, "cross_similarity", no_dense)
+    nets = use_zoo.networks()
+    method, ctx = get_method("chain"), Context(seed=0)
+    once = len(nets) * embedding_width(method, nets, ctx) * 8  # every embedding once
+    assert similarity.fits(method, nets, len(nets), 2 * once, ctx)
+    got = bounded_cross_similarity(method, nets[:4], nets[4:], ctx, 2 * once)
+    np.testing.assert_allclose(got, cross_similarity(method, nets[:4], nets[4:], ctx), atol=1e-6)
