@@ -198,15 +198,20 @@ def test_source_subset_keeps_the_same_models_of_every_task():
     assert source_subset(labels, 0, seed=0).all() and source_subset(labels, 9, seed=0).all()
 
 
-def test_similarity_over_the_budget_goes_through_a_disk_index(use_zoo):
+def test_similarity_over_the_budget_goes_through_a_disk_index(use_zoo, monkeypatch):
     from paramsim.features import get_method
     from paramsim.features.base import Context
     from paramsim.use._common import cross_similarity
-    from paramsim.use.transfer.similarity import bounded_cross_similarity, embedding_width
+    from paramsim.use.transfer.similarity import disk_index_similarity, embedding_width
 
+    def no_map(*args, **kwargs):  # a mapped index counts every page read as resident
+        raise AssertionError("the index must be read, not memory-mapped")
+
+    monkeypatch.setattr(np, "memmap", no_map)
+    monkeypatch.setattr(np.lib.format, "open_memmap", no_map)
     nets = use_zoo.networks()
     method, ctx = get_method("chain"), Context(seed=0)
     width = embedding_width(method, nets, ctx)
     tiny = 3 * width * 8  # room for three embeddings: chunks of one
-    got = bounded_cross_similarity(method, nets[:4], nets[4:], ctx, tiny)
+    got = disk_index_similarity(method, nets[:4], nets[4:], ctx, tiny)
     np.testing.assert_allclose(got, cross_similarity(method, nets[:4], nets[4:], ctx), atol=1e-12)

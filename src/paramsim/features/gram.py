@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from paramsim.errors import ParamsimError
 from paramsim.features._common import FixedMethod, ensure, per_group, triu
 from paramsim.features.base import Context
+from paramsim.vectors import EPS
 from paramsim.vectors import unit_rows as unit
 from paramsim.weights import Network, NetworkStack, group_by_signature
 
@@ -205,6 +206,11 @@ def _gram_block(x: torch.Tensor) -> torch.Tensor:
     return unit(triu(x @ x.transpose(1, 2)))
 
 
+def _embed_block(kind: str, x: torch.Tensor) -> torch.Tensor:
+    """One block of an embedding from its factor (see `_InputSpaceMethod.gram_factors`)."""
+    return _gram_block(x) if kind == "gram" else x
+
+
 def _diff_block(x: torch.Tensor) -> torch.Tensor:
     """Class-difference direction(s) in input space: column 1 - column 0 for two outputs,
     else the columns centred over classes (flattened). Unit norm."""
@@ -229,6 +235,19 @@ class _InputSpaceMethod(FixedMethod):
 
     def _maps(self, stack: NetworkStack, upto: int | None) -> tuple[str, list[torch.Tensor]]:
         return chain_maps(stack, upto, self.row_norm, self.bias, self.space)
+
+    def gram_factors(self, stack: NetworkStack) -> list[tuple[str, torch.Tensor]]:
+        """The embedding's blocks, unformed: ("gram", X) with X (M, rows, units) stands for
+        the block unit(triu(X X^T)), ("dense", V) with V (M, D) for V itself. The embedding
+        is their concatenation; `factored_cross_similarity` compares networks from these
+        factors without forming a Gram."""
+        raise NotImplementedError
+
+    def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
+        ensure(self, networks)
+        return per_group(
+            networks, lambda s: torch.cat([_embed_block(k, x) for k, x in self.gram_factors(s)], 1)
+        )
 
     def check(self, networks: Sequence[Network]) -> str | None:
         layouts = set()
@@ -274,9 +293,8 @@ class Gram1Method(_InputSpaceMethod):
         space, maps = self._maps(NetworkStack.from_networks([net]), 1)
         return (space, maps[0].shape[1])
 
-    def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
-        ensure(self, networks)
-        return per_group(networks, lambda s: _gram_block(self._maps(s, 1)[1][0]))
+    def gram_factors(self, stack: NetworkStack) -> list[tuple[str, torch.Tensor]]:
+        return [("gram", self._maps(stack, 1)[1][0])]
 
 
 class ChainMethod(_InputSpaceMethod):
@@ -318,15 +336,10 @@ class ChainMethod(_InputSpaceMethod):
         space, maps = self._maps(NetworkStack.from_networks([net]), max(depths))
         return (space, *(maps[d - 1].shape[1] for d in depths))
 
-    def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
-        ensure(self, networks)
-
-        def feats(stack: NetworkStack) -> torch.Tensor:
-            depths = self._depths(stack.template)
-            maps = self._maps(stack, max(depths))[1]
-            return torch.cat([_gram_block(maps[d - 1]) for d in depths], dim=1)
-
-        return per_group(networks, feats)
+    def gram_factors(self, stack: NetworkStack) -> list[tuple[str, torch.Tensor]]:
+        depths = self._depths(stack.template)
+        maps = self._maps(stack, max(depths))[1]
+        return [("gram", maps[d - 1]) for d in depths]
 
 
 class E2EMethod(_InputSpaceMethod):
@@ -357,12 +370,133 @@ class E2EMethod(_InputSpaceMethod):
         space, maps = self._maps(NetworkStack.from_networks([net]), None)
         return (space, *maps[-1].shape[1:])
 
-    def embed(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
-        ensure(self, networks)
+    def gram_factors(self, stack: NetworkStack) -> list[tuple[str, torch.Tensor]]:
+        x = self._maps(stack, None)[1][-1]
+        return [("gram", x) if b == "gram" else ("dense", _diff_block(x)) for b in self.blocks]
 
-        def feats(stack: NetworkStack) -> torch.Tensor:
-            x = self._maps(stack, None)[1][-1]
-            parts = {"gram": _gram_block, "diff": _diff_block}
-            return torch.cat([parts[b](x) for b in self.blocks], dim=1)
 
-        return per_group(networks, feats)
+# Comparing networks without forming their Grams. For G = X X^T (X: rows x units), the block
+# unit(triu(G)) has inner products <triu(G_a), triu(G_b)> = (||X_a^T X_b||_F^2 +
+# <diag G_a, diag G_b>) / 2: the diagonal is counted once, the off-diagonal half once. With
+# few units per row (784 inputs x 32 units for the Fashion-MNIST MLPs) the factors are tiny
+# next to the Gram (25,088 against 307,720 numbers), so a probe-to-zoo similarity needs no
+# gallery of Grams, on disk or in memory. Everything is float64.
+
+
+def factor_shapes(method, networks: Sequence[Network]) -> list[tuple[str, int, int]]:
+    """(kind, rows, units) of each block, the widest over the networks' architectures
+    (units 1 for a dense block of `rows` numbers)."""
+    widest: dict[int, tuple[str, int, int]] = {}
+    for idx in group_by_signature(networks):
+        with torch.no_grad():
+            blocks = method.gram_factors(NetworkStack.from_networks([networks[idx[0]]]))
+        for b, (kind, x) in enumerate(blocks):
+            shape = (kind, x.shape[1], x.shape[2] if kind == "gram" else 1)
+            widest[b] = max(widest.get(b, shape), shape, key=lambda s: s[2])
+    return [widest[b] for b in sorted(widest)]
+
+
+def factoring_pays(method, networks: Sequence[Network]) -> bool:
+    """Whether the method has Gram factors and each block's X_a^T X_b (units^2 numbers per
+    pair of networks) is no larger than the Gram's upper triangle it replaces."""
+    if not hasattr(method, "gram_factors"):
+        return False
+    return all(
+        kind != "gram" or units * units <= rows * (rows + 1) // 2
+        for kind, rows, units in factor_shapes(method, networks)
+    )
+
+
+def factored_chunk(row_bytes: int, pair_bytes: int, budget_bytes: int) -> int:
+    """The largest c with 2 c row_bytes + c^2 pair_bytes <= budget_bytes (at least 1): a
+    chunk of c queries and one of c stored networks, with their pairwise products."""
+
+    def size(c: int) -> int:
+        return 2 * c * row_bytes + c * c * pair_bytes
+
+    if row_bytes <= 0 and pair_bytes <= 0:
+        raise ValueError("a chunk must cost something per network or per pair")
+    r, p, b = float(row_bytes), float(pair_bytes), float(budget_bytes)
+    guess = b / max(2 * r, 1.0) if p == 0 else (np.sqrt(r * r + p * b) - r) / p
+    c = max(1, int(guess))
+    while c > 1 and size(c) > budget_bytes:
+        c -= 1
+    while size(c + 1) <= budget_bytes:
+        c += 1
+    return c
+
+
+def factored_chunk_for(method, networks: Sequence[Network], budget_bytes: int) -> int:
+    """`factored_chunk` for this method's blocks on these networks. Per network: its
+    float64 factors three times over (the float32 maps, the float64 copy, the transposed
+    one) and the diagonals; per pair: the widest block's X_a^T X_b and a few (q, g)
+    float64 arrays (the products so far, the diagonal term, the result)."""
+    shapes = factor_shapes(method, networks)
+    row_bytes = sum(8 * rows * (3 * units + 1) for _, rows, units in shapes)
+    pair_bytes = 8 * (max(units * units for _, _, units in shapes) + 4)
+    return factored_chunk(row_bytes, pair_bytes, budget_bytes)
+
+
+def _factor_stats(method, networks: Sequence[Network]) -> list[list]:
+    """Per architecture group: (indices, blocks) with each block (kind, X, diag, scale,
+    self_sq): X as float64 (rows, M * units) for a Gram block ((M, D) for a dense one), the
+    Gram's diagonal, the factor that makes the block unit norm and its squared norm after."""
+    out = []
+    for idx in group_by_signature(networks):
+        stack = NetworkStack.from_networks([networks[i] for i in idx])
+        with torch.no_grad():
+            blocks = method.gram_factors(stack)
+        stats = []
+        for kind, x in blocks:
+            x = x.double()
+            if kind != "gram":
+                stats.append((kind, x, None, torch.ones(len(x), dtype=x.dtype), x.square().sum(1)))
+                continue
+            m, rows, units = x.shape
+            xtx = x.transpose(1, 2) @ x
+            diag = x.square().sum(-1)  # (M, rows)
+            norm = ((xtx.square().sum((1, 2)) + diag.square().sum(1)) / 2).sqrt()
+            scale = 1 / norm.clamp_min(EPS)  # unit_rows: a zero block stays zero
+            flat = x.permute(1, 0, 2).reshape(rows, m * units)
+            stats.append((kind, flat, diag, scale, (norm * scale).square()))
+        out.append((idx, stats))
+    return out
+
+
+def _block_products(a, b) -> torch.Tensor:
+    """(q, g) inner products of the unit blocks of two groups."""
+    kind, xa, da, sa, _ = a
+    _, xb, db, sb, _ = b
+    if kind != "gram":
+        return xa @ xb.T
+    q, g = len(da), len(db)
+    c = xa.T @ xb  # (q * units_a, g * units_b): every X_a^T X_b at once
+    t = c.square_().reshape(q, c.shape[0] // q, g, c.shape[1] // g).sum((1, 3))
+    t += da @ db.T
+    return t * (sa[:, None] * sb[None, :] / 2)
+
+
+def factored_cross_similarity(
+    method, queries: Sequence[Network], gallery: Sequence[Network], budget_bytes: int
+) -> np.ndarray:
+    """(len(queries), len(gallery)) cosine similarity of the method's embeddings, computed
+    from its Gram factors (`gram_factors`) in chunks held within `budget_bytes`. Equals
+    `cosine_matrix(embed(queries), embed(gallery))` up to rounding (it is float64
+    throughout, where `embed` forms the Grams in float32)."""
+    ensure(method, list(queries) + list(gallery))
+    chunk = factored_chunk_for(method, list(queries) + list(gallery), budget_bytes)
+    out = np.empty((len(queries), len(gallery)))
+    for q0 in range(0, len(queries), chunk):
+        qs = _factor_stats(method, queries[q0 : q0 + chunk])
+        for g0 in range(0, len(gallery), chunk):
+            gs = _factor_stats(method, gallery[g0 : g0 + chunk])
+            for qi, qb in qs:
+                qn = sum(b[4] for b in qb).sqrt().clamp_min(EPS)
+                for gi, gb in gs:
+                    gn = sum(b[4] for b in gb).sqrt().clamp_min(EPS)
+                    if len(qb) != len(gb):
+                        raise ParamsimError(f"{method.name}: networks with different blocks")
+                    s = sum(_block_products(a, b) for a, b in zip(qb, gb, strict=True))
+                    s = s / (qn[:, None] * gn[None, :])
+                    out[np.ix_(np.asarray(qi) + q0, np.asarray(gi) + g0)] = s.numpy()
+    return out
