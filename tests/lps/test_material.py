@@ -70,12 +70,28 @@ def test_zoo_material_draws_probe_images_only_from_training_classes(small_zoo):
     assert off.probe_images is None and off.networks == []
 
 
-def test_fit_through_the_zoo_starts_probes_on_data_and_records_it(small_zoo):
+def test_fit_through_the_zoo_starts_probes_on_data_and_records_it(small_zoo, monkeypatch):
+    import paramsim.lps.fit as fit_module
+
     z = Zoo.open(small_zoo)
     nets, tasks = z.networks(), [r.task for r in z.records]
     fc = FitConfig(**FAST, aux_tasks=0, val_fraction=0.0)
+    started = []
+
+    def recording(cfg, seed=0, probe_images=None):
+        net = LPSNet(cfg, seed=seed, probe_images=probe_images)
+        if cfg.func_branch:
+            started.append(net.probes.detach().clone())
+        return net
+
+    monkeypatch.setattr(fit_module, "LPSNet", recording)
     on_zoo = LPSMethod("lps", fc, **SMALL).fit(nets, tasks, Context(zoo=small_zoo))
     assert on_zoo.model is not None and on_zoo.model.meta["probe_init"] == "data"
+    want = zoo_material(small_zoo, fc, tasks, SMALL["n_probes"]).probe_images
+    assert want is not None
+    assert torch.allclose(started[0], want.clamp(PROBE_MARGIN, 1 - PROBE_MARGIN), atol=1e-6)
+    nofunc = LPSMethod("lps-nofunc", fc, **SMALL).fit(nets, tasks, Context(zoo=small_zoo))
+    assert nofunc.model is not None and nofunc.model.meta["probe_init"] == "noise"
     alone = LPSMethod("lps", fc, **SMALL).fit(nets, tasks, Context())
     assert alone.model is not None and alone.model.meta["probe_init"] == "noise"
     v1 = LPSMethod("lps-v1", fc, **SMALL).fit(nets, tasks, Context(zoo=small_zoo))

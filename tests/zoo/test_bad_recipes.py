@@ -186,3 +186,6 @@ def test_settings_recorded_before_validation_rows_still_give_a_recipe():
     assert got.min_val_acc == 0.9 and got.val_fraction == LEGACY_VAL_FRACTION
     no_floor = Recipe.from_settings({**old, "min_test_acc": 0.0})
     assert no_floor.val_fraction == 0.0  # nothing is selected, so no rows are held out
+    for bad in ("0.9", [1], True):  # a damaged record is a one-line error, not a TypeError
+        with pytest.raises(ParamsimError, match="min_val_acc"):
+            Recipe.from_settings({**old, "min_test_acc": bad})

@@ -99,7 +99,8 @@ class LPS:
         Without `val`, `fit_config.val_fraction` of the training tasks are held out for it.
         `device` (cpu by default, or cuda[:N]) is where the network and the stacked weights
         train; random draws stay on the CPU, and the fitted network comes back on the CPU.
-        `probe_images` (images of the training tasks' data, in [0, 1]) start the learned
+        `probe_images` (images of the zoo's data, in [0, 1]; `paramsim.lps.material` draws
+        them from the classes of all tasks given, validation share included) start the learned
         probes when `fit_config.probe_init` is "data" (`paramsim.lps.material`); without them
         the probes start as noise.
         """
@@ -140,7 +141,7 @@ class LPS:
             input_shape=tuple(all_nets[0].input_shape), n_outputs=all_nets[0].n_outputs
         )
         self.config = cfg
-        if fc.probe_init != "data":
+        if fc.probe_init != "data" or not cfg.func_branch:
             probe_images = None
         net = LPSNet(cfg, seed=seed, probe_images=probe_images).to(dev)
         why = net.check(all_nets)

@@ -63,7 +63,8 @@ def zoo_material(
     progress: bool = False,
 ) -> FitMaterial:
     """The auxiliary models and probe start images a default fit on `zoo_dir` uses, limited
-    to the classes of `train_tasks`; what `fit_config` turns off is left empty."""
+    to the classes of `train_tasks`; what `fit_config` turns off, or `n_probes` 0 (a network
+    without the function branch), is left empty."""
     from paramsim.zoo import open_zoo
 
     got = FitMaterial()
@@ -78,7 +79,7 @@ def zoo_material(
         got.networks, got.tasks = usable_auxiliary(
             az.networks(), [r.task for r in az.records], train_tasks
         )
-    if fit_config.probe_init == "data":
+    if fit_config.probe_init == "data" and n_probes > 0:
         ds = open_zoo(zoo_dir).dataset()
         got.probe_images = probe_start_images(
             ds.x_train, ds.y_train, seen, n_probes, fit_config.seed

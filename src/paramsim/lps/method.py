@@ -149,7 +149,8 @@ class LPSMethod(Method):
         if context is not None and context.zoo:
             from paramsim.lps.material import zoo_material
 
-            got = zoo_material(context.zoo, fc, tasks, self._config(networks).n_probes)
+            cfg = self._config(networks)
+            got = zoo_material(context.zoo, fc, tasks, cfg.n_probes if cfg.func_branch else 0)
             extra_n, extra_t = [*extra_n, *got.networks], [*extra_t, *got.tasks]
             probe_images = got.probe_images
         if extra_n and not self._config(networks).func_branch:

@@ -239,7 +239,9 @@ class Recipe:
         data = dict(settings)
         if "min_test_acc" in data and "min_val_acc" not in data:
             data["min_val_acc"] = data.pop("min_test_acc")
-            if (data["min_val_acc"] or 0) > 0 and not data.get("val_fraction"):
+            floor = data["min_val_acc"]
+            real = isinstance(floor, (int, float)) and not isinstance(floor, bool)
+            if real and floor > 0 and data.get("val_fraction") is None:  # the rest: validate()
                 data["val_fraction"] = LEGACY_VAL_FRACTION
         known = {f.name for f in fields(cls)}
         return cls(**{k: _tupled(v) for k, v in data.items() if k in known})
