@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from paramsim.features.base import Context
 from paramsim.lps import FitConfig, LPSMethod
 from paramsim.lps import auxiliary as aux
@@ -11,14 +9,6 @@ from paramsim.zoo import RECIPES, Zoo, build_zoo
 
 FAST = dict(epochs=1, patience=1, tasks_per_batch=4, models_per_task=2, min_batches=1)
 SMALL = dict(emb_dim=8, rank=8, n_probes=4, set_hidden=8)
-
-
-@pytest.fixture(scope="module")
-def small_zoo(tmp_path_factory):
-    recipe = RECIPES["digits-pairs"].with_overrides(
-        tasks="0-1,2-3,4-5,6-7,8-9", models_per_task=2, steps=(30, 40)
-    )
-    return build_zoo(recipe, tmp_path_factory.mktemp("auxzoo") / "zoo", progress=False)
 
 
 def test_auxiliary_zoo_is_built_once_beside_the_zoo_with_its_recipe(small_zoo):

@@ -10,7 +10,7 @@ from paramsim.features.base import Context
 from paramsim.lps import FitConfig, LPSConfig, LPSMethod
 from paramsim.lps.material import probe_start_images, zoo_material
 from paramsim.lps.model import PROBE_MARGIN, LPSNet
-from paramsim.zoo import RECIPES, Zoo, build_zoo
+from paramsim.zoo import Zoo
 
 FAST = dict(epochs=1, patience=1, tasks_per_batch=4, models_per_task=2, min_batches=1)
 SMALL = dict(emb_dim=8, rank=8, n_probes=6, set_hidden=8)
@@ -46,14 +46,6 @@ def test_start_images_become_the_first_probes_and_move_nothing_else():
             assert torch.equal(a, others[name]), name
     with pytest.raises(ParamsimError, match="probe start images have shape"):
         LPSNet(cfg, probe_images=torch.zeros(2, 1, 3, 3))
-
-
-@pytest.fixture(scope="module")
-def small_zoo(tmp_path_factory):
-    recipe = RECIPES["digits-pairs"].with_overrides(
-        tasks="0-1,2-3,4-5,6-7,8-9", models_per_task=2, steps=(20, 30)
-    )
-    return build_zoo(recipe, tmp_path_factory.mktemp("matzoo") / "zoo", progress=False)
 
 
 def test_zoo_material_draws_probe_images_only_from_training_classes(small_zoo):
