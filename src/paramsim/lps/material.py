@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -46,6 +47,25 @@ def probe_start_images(
     return x[torch.tensor(chosen, dtype=torch.long)].float().clone()
 
 
+@lru_cache(maxsize=4)
+def zoo_training_set(path: str) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
+    """Every model of the zoo at `path` and its task, read once per process (an eval fits
+    once per split on the same auxiliary and extra zoos)."""
+    from paramsim.zoo import open_zoo
+
+    z = open_zoo(path)
+    return tuple(z.networks()), tuple(z.tasks[int(t)] for t in z.task_ids)
+
+
+@lru_cache(maxsize=1)
+def _training_images(zoo_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zoo's data set's training images and labels, read once per process."""
+    from paramsim.zoo import open_zoo
+
+    ds = open_zoo(zoo_dir).dataset()
+    return ds.x_train, ds.y_train
+
+
 @dataclass
 class FitMaterial:
     """Extra training models and probe start images for one fit."""
@@ -65,8 +85,6 @@ def zoo_material(
     """The auxiliary models and probe start images a default fit on `zoo_dir` uses, limited
     to the classes of `train_tasks`; what `fit_config` turns off, or `n_probes` 0 (a network
     without the function branch), is left empty."""
-    from paramsim.zoo import open_zoo
-
     got = FitMaterial()
     seen = frozenset().union(*(t.classes for t in train_tasks))
     if fit_config.aux_tasks > 0:
@@ -75,13 +93,9 @@ def zoo_material(
         path = auxiliary_zoo(
             zoo_dir, fit_config.aux_tasks, fit_config.aux_models_per_task, progress
         )
-        az = open_zoo(path)
-        got.networks, got.tasks = usable_auxiliary(
-            az.networks(), [r.task for r in az.records], train_tasks
-        )
+        networks, tasks = usable_auxiliary(*zoo_training_set(str(path)), train_tasks)
+        got.networks, got.tasks = list(networks), list(tasks)
     if fit_config.probe_init == "data" and n_probes > 0:
-        ds = open_zoo(zoo_dir).dataset()
-        got.probe_images = probe_start_images(
-            ds.x_train, ds.y_train, seen, n_probes, fit_config.seed
-        )
+        x, y = _training_images(str(Path(zoo_dir).resolve()))
+        got.probe_images = probe_start_images(x, y, seen, n_probes, fit_config.seed)
     return got

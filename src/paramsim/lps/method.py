@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 
@@ -13,6 +12,7 @@ from paramsim.errors import ParamsimError
 from paramsim.features.base import Context, Method
 from paramsim.lps.config import FitConfig, LPSConfig
 from paramsim.lps.fit import LPS
+from paramsim.lps.material import zoo_training_set
 from paramsim.weights import Network
 
 # switches per variant; every variant shares the training recipe unless it says otherwise
@@ -68,14 +68,6 @@ def variant_configs(
 
 
 AUTHORS_MAX_INPUT = 256  # the flattened d x d Gram needs d^2 inputs per embedding unit
-
-
-@lru_cache(maxsize=4)
-def _zoo_training_set(path: str) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
-    from paramsim.zoo import open_zoo
-
-    z = open_zoo(path)
-    return tuple(z.networks()), tuple(z.tasks[int(t)] for t in z.task_ids)
 
 
 class LPSMethod(Method):
@@ -143,21 +135,21 @@ class LPSMethod(Method):
         extra_t: Sequence[Task] = ()
         paths = [self.extra_zoo] if isinstance(self.extra_zoo, str) else self.extra_zoo or []
         for path in paths:
-            more_n, more_t = _zoo_training_set(str(path))
+            more_n, more_t = zoo_training_set(str(path))
             extra_n, extra_t = [*extra_n, *more_n], [*extra_t, *more_t]
         probe_images = None
+        cfg = self._config(networks)
         if context is not None and context.zoo:
             from paramsim.lps.material import zoo_material
 
-            cfg = self._config(networks)
             got = zoo_material(context.zoo, fc, tasks, cfg.n_probes if cfg.func_branch else 0)
             extra_n, extra_t = [*extra_n, *got.networks], [*extra_t, *got.tasks]
             probe_images = got.probe_images
-        if extra_n and not self._config(networks).func_branch:
+        if extra_n and not cfg.func_branch:
             keep = [i for i, n in enumerate(extra_n) if n.kind == "mlp"]
             extra_n = [extra_n[i] for i in keep]
             extra_t = [extra_t[i] for i in keep]
-        self.model = LPS(self._config(networks), fc).fit(
+        self.model = LPS(cfg, fc).fit(
             networks,
             tasks,
             val=val,
