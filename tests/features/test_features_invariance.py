@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from paramsim.data import Dataset
@@ -63,6 +63,8 @@ archs = st.one_of(
 
 @settings(max_examples=12, deadline=None)
 @given(spec=archs, seed=st.integers(0, 10_000))
+# a dead second layer leaves the third constant up to rounding (cka once normalised that noise)
+@example(spec=ArchSpec("mlp", (1, 4, 4), (2, 2, 5)), seed=3)
 def test_permuting_hidden_units_changes_no_invariant_method(spec: ArchSpec, seed: int) -> None:
     nets = _nets(spec, 3, seed)
     g = torch.Generator().manual_seed(seed)

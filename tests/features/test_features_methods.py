@@ -18,7 +18,7 @@ from paramsim.features import (
     linear_cka,
     synthetic_probes,
 )
-from paramsim.features.function import centred_gram
+from paramsim.features.function import centre_features, centred_gram
 from paramsim.weights import Layer, Network, NetworkStack, from_module, permute_hidden
 from paramsim.weights.arch import ArchSpec
 
@@ -194,6 +194,19 @@ def test_probes_read_logit_differences_and_more_classes() -> None:
     three = _nets(ArchSpec("mlp", (1, 4, 4), (5,), n_outputs=3), 2)
     assert get_method("probes", n=16).embed(three).shape == (2, 48)
     assert get_method("e2e").embed(three).shape[0] == 2
+
+
+def test_constant_activations_centre_to_zero_but_small_spread_is_kept() -> None:
+    g = torch.Generator().manual_seed(0)
+    const = torch.full((2, 16, 3), 0.7) + 1e-9 * torch.randn(2, 16, 3, generator=g)
+    assert torch.count_nonzero(centre_features(const)) == 0
+    assert float(centred_gram(const[:, :, :]).abs().max()) == 0.0
+    small = 0.7 + 1e-3 * torch.randn(2, 16, 3, generator=g)  # small but real variation
+    centred = centre_features(small)
+    assert torch.allclose(centred, small - small.mean(1, keepdim=True))
+    x = torch.randn(16, 3, generator=g)
+    assert linear_cka(const[0], x) == 0.0
+    assert linear_cka(small[0], small[0]) == pytest.approx(1.0)
 
 
 def test_cka_is_linear_cka_and_needs_data() -> None:

@@ -130,22 +130,35 @@ class OutputsMethod(_OutputsMethod):
         return _test_inputs(context, shape, self.n, self.name)
 
 
+# Centred activations whose norm is below this share of the raw activations' norm are
+# rounding noise around a constant layer (one after a dead layer): they count as zero, or
+# unit-normalising would turn the noise, which a unit permutation reorders, into a direction.
+CONSTANT_TOL = 1e-5
+
+
+def centre_features(x: torch.Tensor) -> torch.Tensor:
+    """x (..., N, p) with each feature's mean over the N inputs removed; zero if x is constant."""
+    centred = x - x.mean(dim=-2, keepdim=True)
+    raw = x.flatten(-2).norm(dim=-1)[..., None, None]
+    spread = centred.flatten(-2).norm(dim=-1)[..., None, None]
+    return torch.where(spread > CONSTANT_TOL * raw, centred, torch.zeros_like(centred))
+
+
 def centred_gram(h: torch.Tensor) -> torch.Tensor:
     """Unit-norm, flattened, doubly centred Gram of activations h (M, N, ...) -> (M, N*N).
 
     The dot product of two of these is linear CKA (Kornblith et al. 2019):
     <HKH, HLH> / (||HKH|| ||HLH||) with K = X X^T; centring X's features equals centring K.
+    A layer constant over the inputs gives a zero row (CKA 0 with everything).
     """
-    x = h.reshape(h.shape[0], h.shape[1], -1)
-    x = x - x.mean(dim=1, keepdim=True)
+    x = centre_features(h.reshape(h.shape[0], h.shape[1], -1))
     return unit((x @ x.transpose(1, 2)).flatten(1))
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear CKA between two activation matrices (N, p) and (N, q) of the same N inputs."""
-    x = x.reshape(x.shape[0], -1).double()
-    y = y.reshape(y.shape[0], -1).double()
-    x, y = x - x.mean(0), y - y.mean(0)
+    x = centre_features(x.reshape(x.shape[0], -1).double())
+    y = centre_features(y.reshape(y.shape[0], -1).double())
     num = (y.T @ x).norm() ** 2
     den = (x.T @ x).norm() * (y.T @ y).norm()
     return float(num / den) if den > 0 else 0.0
