@@ -88,3 +88,21 @@ def test_fit_through_the_zoo_starts_probes_on_data_and_records_it(small_zoo, mon
     assert alone.model is not None and alone.model.meta["probe_init"] == "noise"
     v1 = LPSMethod("lps-v1", fc, **SMALL).fit(nets, tasks, Context(zoo=small_zoo))
     assert v1.model is not None and v1.model.meta["probe_init"] == "noise"
+
+
+def test_a_zoo_rebuilt_in_place_is_read_again_not_served_from_the_cache(tmp_path):
+    from paramsim.lps.material import zoo_training_set
+    from paramsim.zoo import RECIPES, build_zoo
+
+    path = tmp_path / "zoo"
+    recipe = RECIPES["digits-pairs"].with_overrides(tasks="0-1", models_per_task=1, steps=(5, 5))
+    build_zoo(recipe, path, progress=False)
+    first_nets, first_tasks = zoo_training_set(path)
+    assert zoo_training_set(str(path))[0] is first_nets  # cached while the zoo is unchanged
+    bigger = recipe.with_overrides(tasks="0-1,2-3", models_per_task=2)
+    build_zoo(bigger, tmp_path / "other", progress=False)
+    (tmp_path / "zoo").rename(tmp_path / "old")  # replace the zoo at the same path
+    (tmp_path / "other").rename(path)
+    nets, tasks = zoo_training_set(path)
+    assert (len(first_nets), len(nets)) == (1, 4)
+    assert {t.classes for t in tasks} != {t.classes for t in first_tasks}

@@ -47,19 +47,40 @@ def probe_start_images(
     return x[torch.tensor(chosen, dtype=torch.long)].float().clone()
 
 
+def _zoo_version(path: str | Path) -> tuple:
+    """What changes when the zoo at `path` is built, resumed or rebuilt: its registry file's
+    identity, size and time. Part of the cache keys below, so a zoo rebuilt in place within
+    one process (a notebook) is read again instead of served stale."""
+    try:
+        st = (Path(path) / "registry.sqlite").stat()
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def zoo_training_set(path: str | Path) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
+    """Every model of the zoo at `path` and its task, read once per process and zoo version
+    (an eval fits once per split on the same auxiliary and extra zoos)."""
+    resolved = str(Path(path).resolve())
+    return _zoo_training_set(resolved, _zoo_version(resolved))
+
+
 @lru_cache(maxsize=4)
-def zoo_training_set(path: str) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
-    """Every model of the zoo at `path` and its task, read once per process (an eval fits
-    once per split on the same auxiliary and extra zoos)."""
+def _zoo_training_set(path: str, version: tuple) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
     from paramsim.zoo import open_zoo
 
     z = open_zoo(path)
     return tuple(z.networks()), tuple(z.tasks[int(t)] for t in z.task_ids)
 
 
+def _training_images(zoo_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zoo's data set's training images and labels, read once per process and zoo version."""
+    resolved = str(Path(zoo_dir).resolve())
+    return _cached_training_images(resolved, _zoo_version(resolved))
+
+
 @lru_cache(maxsize=1)
-def _training_images(zoo_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zoo's data set's training images and labels, read once per process."""
+def _cached_training_images(zoo_dir: str, version: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     from paramsim.zoo import open_zoo
 
     ds = open_zoo(zoo_dir).dataset()
@@ -96,6 +117,6 @@ def zoo_material(
         networks, tasks = usable_auxiliary(*zoo_training_set(str(path)), train_tasks)
         got.networks, got.tasks = list(networks), list(tasks)
     if fit_config.probe_init == "data" and n_probes > 0:
-        x, y = _training_images(str(Path(zoo_dir).resolve()))
+        x, y = _training_images(zoo_dir)
         got.probe_images = probe_start_images(x, y, seen, n_probes, fit_config.seed)
     return got
