@@ -42,6 +42,13 @@ def test_fit_embed_index_search(tiny_zoo, tmp_path, capsys):
     assert out[1].startswith("nearest tasks to") and out[1].split(": ", 1)[1].startswith("0 vs 1")
 
 
+def test_fit_progress_shows_no_nan_for_the_untrained_epoch(tiny_zoo, tmp_path, capsys):
+    assert main(["fit", str(tiny_zoo), "--out", str(tmp_path / "m"), "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "loss=-" in err and "val_map=" in err  # epoch 0: scored, not yet trained
+    assert "nan" not in err.lower()
+
+
 def test_clear_errors(tiny_zoo, tmp_path, capsys):
     assert main(["embed", str(tmp_path / "nope"), "--model", str(tmp_path), "--out", "x.npy"]) == 2
     assert "error:" in capsys.readouterr().err

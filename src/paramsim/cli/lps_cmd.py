@@ -3,6 +3,7 @@ the stored models nearest to a checkpoint."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -144,9 +145,9 @@ def register(cli: click.Group) -> None:
             bar = tqdm(total=fit_config.epochs + 1, disable=quiet, desc="fit", unit="epoch")
 
             def progress(h: dict) -> None:
-                bar.set_postfix(
-                    loss=f"{h['loss']:.3f}", val_map=f"{h['val_map']:.3f}", refresh=False
-                )
+                # epoch 0 is the untrained network's validation score: no training loss yet
+                shown = {k: "-" if math.isnan(h[k]) else f"{h[k]:.3f}" for k in ("loss", "val_map")}
+                bar.set_postfix(shown, refresh=False)
                 bar.update(1)
 
             try:
