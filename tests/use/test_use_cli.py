@@ -64,6 +64,9 @@ def test_reproduce_quick_and_cached(use_zoo, tmp_path):
     readme = (out / "README.md").read_text()
     for part in ("## 1.", "## 2.", "## 3.", "eval/cmc.png", "transfer/transfer.png", "lps"):
         assert part in readme
+    # the report says which candidates were fine-tuned (the default subset, recorded in config)
+    per_task = json.loads((out / "transfer/transfer.json").read_text())["config"]
+    assert per_task["sources_per_task"] == 3 and "3 of each task's models" in readme
     for path in ("eval/results.json", "relate/gram1/map.png", "transfer/transfer.json"):
         assert (out / path).is_file()
     first = json.loads((out / "timings.json").read_text())

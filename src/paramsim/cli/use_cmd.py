@@ -180,10 +180,10 @@ def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, q
 @click.option(
     "--sources-per-task",
     type=click.IntRange(0),
-    default=0,
+    default=3,
     show_default=True,
-    help="Candidate sources: this many models of each other task (0: all). Every candidate is "
-    "fine-tuned on every draw, so this sets the run time.",
+    help="Candidate sources: this many models of each other task, drawn once for all targets "
+    "(0: all). Every candidate is fine-tuned on every draw, so this sets the run time.",
 )
 @click.option(
     "--val-per-class",

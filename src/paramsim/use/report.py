@@ -16,6 +16,13 @@ def _f(v: Any, fmt: str = ".3f") -> str:
     return format(v, fmt)
 
 
+def _candidates(per_task: Any) -> str:
+    """How many of each task's models were candidates, in words (older results: all)."""
+    if not per_task:
+        return "all of them"
+    return f"{per_task} of each task's models, drawn once for every target"
+
+
 def relation_table(rel: Mapping[str, Any]) -> str:
     lines = [
         "| method | Spearman ρ with shared classes | cophenetic corr. with truth | "
@@ -128,7 +135,8 @@ def format_readme(parts: Mapping[str, Any]) -> str:
         f"For every target task, {tcfg.get('repeats')} random draws of K examples per class "
         f"(K in {tcfg.get('shots')}) from its training split. A probe model (the zoo's "
         f"architecture, {tcfg.get('probe_steps')} full-batch Adam steps) is trained on them "
-        "and embedded; the stored models of *other* tasks are ranked by similarity to it and "
+        "and embedded; the candidate sources (the stored models of *other* tasks, "
+        f"{_candidates(tcfg.get('sources_per_task'))}) are ranked by similarity to it and "
         "one is picked: by the *task* rule, the task whose models are on average most similar, "
         "then its most similar model; by the *model* rule, the single most similar model "
         f"(primary rule: {tcfg.get('select', 'model')}; both are scored on the same fine-tuned "
@@ -136,7 +144,7 @@ def format_readme(parts: Mapping[str, Any]) -> str:
         f"{'reset to zero' if tcfg.get('head') == 'reset' else 'kept'}, "
         f"{tcfg.get('finetune_steps')} full-batch Adam steps, lr {tcfg.get('finetune_lr')}), "
         "then tested on the task's test split. Scratch: the probe itself. Random: the mean "
-        "over all sources of other tasks, each fine-tuned the same way. Oracle: the best of "
+        "over all candidates, each fine-tuned the same way. Oracle: the best of "
         "them in hindsight. Learned methods are fitted per fold of tasks "
         f"({tcfg.get('folds')} folds) without the target's fold. Accuracies are means over "
         "target tasks; the CI is a bootstrap over target tasks.",
