@@ -87,7 +87,7 @@ def register(cli: click.Group) -> None:
         "--epochs",
         type=click.IntRange(1, MAX_EPOCHS),
         default=None,
-        help="Most epochs (default 30).",
+        help="Most epochs (default 15; early stopping on validation tasks usually ends sooner).",
     )
     @click.option("--loss", type=click.Choice(["supcon", "multisim", "ce"]), default=None)
     @click.option(

@@ -243,7 +243,9 @@ class FitConfig:
     """How the metric is trained. Everything random is drawn from `seed`."""
 
     loss: str = _choice("supcon", "supcon", "multisim", "ce")
-    epochs: int = _int(30, 1, 10_000)
+    # most epochs: on seed-100 splits of three zoos, 15 gave the same held-out mAP and rho as
+    # 30 (the validation mAP saturates early; its loss tie-break kept fits going)
+    epochs: int = _int(15, 1, 10_000)
     patience: int = _int(6, 1, 10_000)  # epochs without a better validation mAP before stopping
     lr: float = _float(1e-3, 0.0, 10.0, lo_open=True)
     lr_probes: float = _float(0.1, 0.0, 10.0)

@@ -22,7 +22,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # no relation or function-part loss
     "lps-v1": (
         dict(set_readout=False, combine="sum"),
-        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0, probe_init="noise"),
+        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0, probe_init="noise", epochs=30),
     ),
     "lps-noaux": ({}, dict(aux_tasks=0)),
     "lps-authors": (
