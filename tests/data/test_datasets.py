@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import numpy as np
@@ -5,8 +6,9 @@ import pytest
 import torch
 
 from paramsim.data import Task, group_tasks, load_cifar, load_digits, load_idx, pair_tasks
+from paramsim.data.datasets import load_dataset
 from paramsim.errors import ParamsimError
-from synthetic_files import make_idx_dir
+from synthetic_files import make_idx_dir, write_idx
 
 
 def test_digits_split_is_fixed_stratified_and_in_unit_range():
@@ -24,6 +26,17 @@ def test_idx_directory_loads(tmp_path, gz):
     ds = load_idx(make_idx_dir(tmp_path, gz))
     assert ds.x_train.shape == (40, 1, 5, 5) and ds.x_test.shape == (20, 1, 5, 5)
     assert ds.x_train.max() <= 1.0 and ds.y_train.dtype == torch.int64
+
+
+def test_a_data_set_is_read_once_until_its_files_change(tmp_path):
+    make_idx_dir(tmp_path)
+    first = load_dataset("idx", tmp_path)
+    assert load_dataset("idx", str(tmp_path)) is first  # shared: one copy per process
+    images = np.full((40, 5, 5), 255, dtype=np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images, False)  # same size, new content
+    os.utime(tmp_path / "train-images-idx3-ubyte", ns=(1, 1))  # and a different time
+    again = load_dataset("idx", tmp_path)
+    assert again is not first and bool((again.x_train == 1).all())
 
 
 def test_idx_missing_file_names_expected_files(tmp_path):

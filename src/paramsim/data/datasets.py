@@ -10,6 +10,7 @@ import gzip
 import pickle
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -217,12 +218,35 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """Resolve a dataset name as used by recipes and the CLI."""
+    """Resolve a dataset name as used by recipes and the CLI.
+
+    Read once per process while its files are unchanged: an eval, a transfer run and the
+    LPS fits inside them all ask for the zoo's data set, and each copy of Fashion-MNIST
+    costs 220 MB. Callers share the tensors, so they must not modify them in place.
+    """
+    packaged = name == "fashion-mnist" and data_dir is None
+    directory = FASHION_MNIST_DIR if packaged else data_dir
+    resolved = None if directory is None else str(Path(directory).resolve())
+    return _load_cached(name, resolved, packaged, _files_version(resolved))
+
+
+def _files_version(directory: str | None) -> tuple:
+    """Names, sizes and times of the files in `directory` (a key that changes when they do)."""
+    try:
+        stats = [(e.name, e.stat()) for e in Path(directory).iterdir()] if directory else []
+    except OSError:  # absent or unreadable: loading says why
+        return ()
+    return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats))
+
+
+@lru_cache(maxsize=2)
+def _load_cached(name: str, data_dir: str | None, packaged: bool, version: tuple) -> Dataset:
+    """`packaged`: Fashion-MNIST from where Debian's package puts it (no --data-dir given)."""
     if name == "digits":
         return load_digits()
     if name == "fashion-mnist":
-        directory = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
-        if data_dir is None and not all(_find(directory, s) for s in IDX_FILES.values()):
+        directory = Path(data_dir)  # type: ignore[arg-type]
+        if packaged and not all(_find(directory, s) for s in IDX_FILES.values()):
             raise ParamsimError(
                 f"Fashion-MNIST is not in {directory}; run `apt-get install "
                 "dataset-fashion-mnist` or pass --data-dir DIR holding its four IDX files"

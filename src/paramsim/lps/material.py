@@ -74,13 +74,8 @@ def _zoo_training_set(path: str, version: tuple) -> tuple[tuple[Network, ...], t
 
 
 def _training_images(zoo_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zoo's data set's training images and labels, read once per process and zoo version."""
-    resolved = str(Path(zoo_dir).resolve())
-    return _cached_training_images(resolved, _zoo_version(resolved))
-
-
-@lru_cache(maxsize=1)
-def _cached_training_images(zoo_dir: str, version: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zoo's data set's training images and labels (the data set is read once per
+    process by `load_dataset`, and shared with the eval or transfer run that fits)."""
     from paramsim.zoo import open_zoo
 
     ds = open_zoo(zoo_dir).dataset()
