@@ -72,7 +72,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--memory-budget", type=int, default=512)
     ap.add_argument("--targets", default=None)
-    ap.add_argument("--sources-per-task", type=int, default=0)
+    ap.add_argument(
+        "--sources-per-task",
+        type=int,
+        default=TransferConfig().sources_per_task,
+        help="candidates per other task, as `paramsim transfer` (0: all)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-costs", action="store_true")
     ap.add_argument("--table", action="store_true", help="print the result tables too")
@@ -163,7 +168,8 @@ def side_by_side(args) -> None:
     runs = [("this tree", b, None) for b in budgets]
     if args.compare_src:
         runs.append((args.compare_src, budgets[0], os.path.abspath(args.compare_src)))
-    skip = {"--budgets", "--compare-src", "--memory-budget"}
+    # the resolved candidate count goes to every run: an older tree's default may differ
+    skip = {"--budgets", "--compare-src", "--memory-budget", "--sources-per-task"}
     argv, i = [], 1
     while i < len(sys.argv):  # the same settings, less the side-by-side ones
         a = sys.argv[i]
@@ -177,7 +183,8 @@ def side_by_side(args) -> None:
         env = dict(os.environ)
         if src:
             env["PYTHONPATH"] = src
-        cmd = [sys.executable, __file__, *argv, "--memory-budget", str(budget), "--result-json"]
+        cmd = [sys.executable, __file__, *argv, "--memory-budget", str(budget)]
+        cmd += ["--sources-per-task", str(args.sources_per_task), "--result-json"]
         print(f"== {label}, budget {budget} MB: {' '.join(cmd[1:])}", flush=True)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = proc.stdout.splitlines()

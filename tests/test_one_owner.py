@@ -47,3 +47,7 @@ def test_variant_settings_merge_in_one_order():
     assert cfg == {"emb_dim": 16}
     with pytest.raises(ParamsimError, match="unknown variant"):
         variant_configs("lps-nosuch")
+    # a variant's own default (the first default trained up to 30 epochs) yields to the caller
+    assert variant_configs("lps-v1")[1].epochs == 30 != variant_configs("lps")[1].epochs
+    assert variant_configs("lps-v1", FitConfig(epochs=3))[1].epochs == 3
+    assert variant_configs("lps-v1", epochs=4)[1].epochs == 4

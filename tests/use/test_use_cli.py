@@ -79,6 +79,15 @@ def test_reproduce_quick_and_cached(use_zoo, tmp_path):
     assert timings["computed"]["transfer"] == first["this_run"]["transfer"]
 
 
+def test_reproduce_cache_keys_follow_the_lps_settings(monkeypatch):
+    pytest.importorskip("paramsim.lps")
+    full, quick = rep._lps_state(ReproduceConfig()), rep._lps_state(ReproduceConfig.quick())
+    assert full.startswith("ok ") and quick.startswith("ok ") and full != quick
+    # a release that changes an LPS default (not only lps_epochs) must not reuse old results
+    monkeypatch.setattr("paramsim.lps.method.VARIANT_DEFAULTS", {"lps": {"epochs": 99}})
+    assert rep._lps_state(ReproduceConfig()) != full
+
+
 def test_reproduce_goes_on_without_lps(use_zoo, tmp_path, monkeypatch):
     monkeypatch.setattr(rep, "_lps_similarity", lambda cfg: "paramsim.lps is not installed")
     out = tmp_path / "report"

@@ -147,7 +147,7 @@ def register(cli: click.Group) -> None:
             def progress(h: dict) -> None:
                 # epoch 0 is the untrained network's validation score: no training loss yet
                 shown = {k: "-" if math.isnan(h[k]) else f"{h[k]:.3f}" for k in ("loss", "val_map")}
-                bar.set_postfix(shown, refresh=False)
+                bar.set_postfix(shown, refresh=h["epoch"] == 0)  # else drawn by update
                 bar.update(1)
 
             try:
@@ -166,10 +166,14 @@ def register(cli: click.Group) -> None:
             model.meta["method"] = method
             model.save(tmp)
         m = model.meta
+        val = (
+            f"val mAP {m['best_val_map']:.4f} on {len(m['val_tasks'])} tasks"
+            if m["val_tasks"]
+            else "no validation tasks (the last epoch kept)"
+        )
         click.echo(
             f"saved {out}: {m['n_train_models']} training models ({m['n_extra_models']} extra, "
-            f"{m['n_extra_dropped']} dropped), best epoch {m['best_epoch']}, "
-            f"val mAP {m['best_val_map']:.4f} on {len(m['val_tasks'])} tasks, "
+            f"{m['n_extra_dropped']} dropped), best epoch {m['best_epoch']}, {val}, "
             f"{m['fit_seconds']:.1f} s"
         )
 

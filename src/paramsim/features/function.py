@@ -170,7 +170,9 @@ class CKAMethod(FixedMethod):
     `layers="mean"`: the mean CKA over hidden layers (same depth needed); `"last"`: the last
     hidden layer only (any depths); `"auto"` (default): mean when all networks given have
     the same depth, else last. The embedding is the concatenation of unit-norm centred
-    Grams, one per layer, scaled so that its cosine is exactly that (mean) CKA.
+    Grams, one per layer, scaled so that its cosine is exactly that (mean) CKA; a layer
+    constant over the inputs adds a zero block, so there the cosine is the sum of the other
+    layers' CKAs over the square roots of each network's count of varying layers.
     """
 
     name = "cka"

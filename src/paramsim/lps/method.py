@@ -22,7 +22,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # no relation or function-part loss
     "lps-v1": (
         dict(set_readout=False, combine="sum"),
-        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0, probe_init="noise", epochs=30),
+        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0, probe_init="noise"),
     ),
     "lps-noaux": ({}, dict(aux_tasks=0)),
     "lps-authors": (
@@ -47,6 +47,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 
 
+# FitConfig defaults of a variant that differ from today's: a caller's FitConfig or
+# overrides still win (unlike the switches above, which define the variant)
+VARIANT_DEFAULTS: dict[str, dict] = {"lps-v1": {"epochs": 30}}  # the first default's budget
+
+
 def variant_configs(
     variant: str,
     fit_config: FitConfig | None = None,
@@ -54,7 +59,8 @@ def variant_configs(
     **fit_overrides,
 ) -> tuple[dict, FitConfig]:
     """The LPSConfig options and the FitConfig of a variant, merged in one order everywhere:
-    defaults (or `fit_config`), then the variant's switches, then the caller's overrides
+    defaults (`fit_config`, else today's with the variant's own defaults), then the variant's
+    switches, then the caller's overrides
     (`fit_overrides` that are None are left out). The LPSConfig itself needs the networks'
     input shape, so its options come back as a dict."""
     if variant not in VARIANTS:
@@ -63,7 +69,10 @@ def variant_configs(
         )
     cfg_kw, fit_kw = VARIANTS[variant]
     given = {k: v for k, v in fit_overrides.items() if v is not None}
-    fit = {**(fit_config or FitConfig()).to_dict(), **fit_kw, **given}
+    base = fit_config or FitConfig.from_dict(
+        {**FitConfig().to_dict(), **VARIANT_DEFAULTS.get(variant, {})}
+    )
+    fit = {**base.to_dict(), **fit_kw, **given}
     return {**cfg_kw, **(config_overrides or {})}, FitConfig.from_dict(fit)
 
 

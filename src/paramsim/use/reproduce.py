@@ -14,6 +14,8 @@ inside a method (LPS included) stops the run, so a bug never reads as "skipped".
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,9 +99,15 @@ def _lps_similarity(cfg: ReproduceConfig) -> Similarity | str:
 
 
 def _lps_state(cfg: ReproduceConfig) -> str:
-    """ "ok" or why LPS cannot run: part of every cache key, so installing it recomputes."""
+    """Why LPS cannot run, or "ok" and the digest of its effective settings: part of every
+    cache key, so installing LPS or changing its defaults (a new release) recomputes."""
     got = _lps_similarity(cfg)
-    return got if isinstance(got, str) else "ok"
+    if isinstance(got, str):
+        return got
+    method = got.method
+    settings = {"fit": method.fit_config.to_dict(), "config": method.config_overrides}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    return f"ok {digest.hexdigest()[:16]}"
 
 
 def _similarities(names: Sequence[str], cfg: ReproduceConfig, skipped: dict[str, str]):
