@@ -39,6 +39,13 @@ def test_a_data_set_is_read_once_until_its_files_change(tmp_path):
     assert again is not first and bool((again.x_train == 1).all())
 
 
+def test_packaged_fashion_mnist_and_the_same_dir_given_share_one_copy(tmp_path, monkeypatch):
+    from paramsim.data import datasets
+
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", make_idx_dir(tmp_path, gz=True))
+    assert load_dataset("fashion-mnist") is load_dataset("fashion-mnist", tmp_path)
+
+
 def test_idx_missing_file_names_expected_files(tmp_path):
     make_idx_dir(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()

@@ -224,10 +224,16 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     LPS fits inside them all ask for the zoo's data set, and each copy of Fashion-MNIST
     costs 220 MB. Callers share the tensors, so they must not modify them in place.
     """
-    packaged = name == "fashion-mnist" and data_dir is None
-    directory = FASHION_MNIST_DIR if packaged else data_dir
+    directory = data_dir
+    if name == "fashion-mnist" and data_dir is None:  # where Debian's package puts it
+        directory = FASHION_MNIST_DIR
+        if not all(_find(directory, s) for s in IDX_FILES.values()):
+            raise ParamsimError(
+                f"Fashion-MNIST is not in {directory}; run `apt-get install "
+                "dataset-fashion-mnist` or pass --data-dir DIR holding its four IDX files"
+            )
     resolved = None if directory is None else str(Path(directory).resolve())
-    return _load_cached(name, resolved, packaged, _files_version(resolved))
+    return _load_cached(name, resolved, _files_version(resolved))
 
 
 def _files_version(directory: str | None) -> tuple:
@@ -240,18 +246,11 @@ def _files_version(directory: str | None) -> tuple:
 
 
 @lru_cache(maxsize=2)
-def _load_cached(name: str, data_dir: str | None, packaged: bool, version: tuple) -> Dataset:
-    """`packaged`: Fashion-MNIST from where Debian's package puts it (no --data-dir given)."""
+def _load_cached(name: str, data_dir: str | None, version: tuple) -> Dataset:
     if name == "digits":
         return load_digits()
     if name == "fashion-mnist":
-        directory = Path(data_dir)  # type: ignore[arg-type]
-        if packaged and not all(_find(directory, s) for s in IDX_FILES.values()):
-            raise ParamsimError(
-                f"Fashion-MNIST is not in {directory}; run `apt-get install "
-                "dataset-fashion-mnist` or pass --data-dir DIR holding its four IDX files"
-            )
-        return load_idx(directory, name="fashion-mnist")
+        return load_idx(data_dir, name="fashion-mnist")  # type: ignore[arg-type]
     if data_dir is None:
         raise ParamsimError(f"dataset {name!r} needs --data-dir pointing at its files")
     if name in ("cifar10", "cifar100"):
