@@ -138,8 +138,7 @@ def register(cli: click.Group) -> None:
                 input_shape=tuple(nets[0].input_shape), n_outputs=nets[0].n_outputs, **cfg_kw
             )
             # the method's own group-task zoo (built once) and probe start images
-            n_probes = cfg.n_probes if cfg.func_branch else 0
-            got = zoo_material(zoo, fit_config, tasks, n_probes, not quiet)
+            got = zoo_material(zoo, fit_config, tasks, cfg.learned_probes, not quiet)
             extra_n += got.networks
             extra_t += got.tasks
             bar = tqdm(total=fit_config.epochs + 1, disable=quiet, desc="fit", unit="epoch")

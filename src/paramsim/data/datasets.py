@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from paramsim.errors import ParamsimError
+from paramsim.stamps import files_stamp
 
 
 @dataclass(frozen=True)
@@ -233,16 +234,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
                 "dataset-fashion-mnist` or pass --data-dir DIR holding its four IDX files"
             )
     resolved = None if directory is None else str(Path(directory).resolve())
-    return _load_cached(name, resolved, _files_version(resolved))
-
-
-def _files_version(directory: str | None) -> tuple:
-    """Names, sizes and times of the files in `directory` (a key that changes when they do)."""
-    try:
-        stats = [(e.name, e.stat()) for e in Path(directory).iterdir()] if directory else []
-    except OSError:  # absent or unreadable: loading says why
-        return ()
-    return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats))
+    return _load_cached(name, resolved, files_stamp(resolved))
 
 
 @lru_cache(maxsize=2)

@@ -221,6 +221,11 @@ class LPSConfig:
         return total
 
     @property
+    def learned_probes(self) -> int:
+        """Probes the network learns and reads: none without the function branch."""
+        return self.n_probes if self.func_branch else 0
+
+    @property
     def out_dim(self) -> int:
         """Length of an embedding: emb_dim, or emb_dim per branch when they are concatenated."""
         n = int(self.weight_branch) + int(self.func_branch)

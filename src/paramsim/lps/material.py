@@ -23,6 +23,7 @@ import torch
 
 from paramsim.data import Task
 from paramsim.lps.config import FitConfig
+from paramsim.stamps import files_stamp
 from paramsim.weights import Network
 
 
@@ -47,22 +48,12 @@ def probe_start_images(
     return x[torch.tensor(chosen, dtype=torch.long)].float().clone()
 
 
-def _zoo_version(path: str | Path) -> tuple:
-    """What changes when the zoo at `path` is built, resumed or rebuilt: its registry file's
-    identity, size and time. Part of the cache keys below, so a zoo rebuilt in place within
-    one process (a notebook) is read again instead of served stale."""
-    try:
-        st = (Path(path) / "registry.sqlite").stat()
-    except OSError:
-        return ()
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def zoo_training_set(path: str | Path) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
-    """Every model of the zoo at `path` and its task, read once per process and zoo version
-    (an eval fits once per split on the same auxiliary and extra zoos)."""
+    """Every model of the zoo at `path` and its task, read once per process while the zoo's
+    files are unchanged (an eval fits once per split on the same auxiliary and extra zoos;
+    a zoo rebuilt in place, in a notebook, is read again)."""
     resolved = str(Path(path).resolve())
-    return _zoo_training_set(resolved, _zoo_version(resolved))
+    return _zoo_training_set(resolved, files_stamp(resolved))
 
 
 @lru_cache(maxsize=4)
@@ -71,15 +62,6 @@ def _zoo_training_set(path: str, version: tuple) -> tuple[tuple[Network, ...], t
 
     z = open_zoo(path)
     return tuple(z.networks()), tuple(z.tasks[int(t)] for t in z.task_ids)
-
-
-def _training_images(zoo_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zoo's data set's training images and labels (the data set is read once per
-    process by `load_dataset`, and shared with the eval or transfer run that fits)."""
-    from paramsim.zoo import open_zoo
-
-    ds = open_zoo(zoo_dir).dataset()
-    return ds.x_train, ds.y_train
 
 
 @dataclass
@@ -109,9 +91,13 @@ def zoo_material(
         path = auxiliary_zoo(
             zoo_dir, fit_config.aux_tasks, fit_config.aux_models_per_task, progress
         )
-        networks, tasks = usable_auxiliary(*zoo_training_set(str(path)), train_tasks)
+        networks, tasks = usable_auxiliary(*zoo_training_set(path), train_tasks)
         got.networks, got.tasks = list(networks), list(tasks)
     if fit_config.probe_init == "data" and n_probes > 0:
-        x, y = _training_images(zoo_dir)
-        got.probe_images = probe_start_images(x, y, seen, n_probes, fit_config.seed)
+        from paramsim.zoo import open_zoo
+
+        ds = open_zoo(zoo_dir).dataset()  # read once per process, shared with the caller's
+        got.probe_images = probe_start_images(
+            ds.x_train, ds.y_train, seen, n_probes, fit_config.seed
+        )
     return got

@@ -12,7 +12,7 @@ from paramsim.errors import ParamsimError
 from paramsim.features.base import Context, Method
 from paramsim.lps.config import FitConfig, LPSConfig
 from paramsim.lps.fit import LPS
-from paramsim.lps.material import zoo_training_set
+from paramsim.lps.material import zoo_material, zoo_training_set
 from paramsim.weights import Network
 
 # switches per variant; every variant shares the training recipe unless it says otherwise
@@ -144,14 +144,12 @@ class LPSMethod(Method):
         extra_t: Sequence[Task] = ()
         paths = [self.extra_zoo] if isinstance(self.extra_zoo, str) else self.extra_zoo or []
         for path in paths:
-            more_n, more_t = zoo_training_set(str(path))
+            more_n, more_t = zoo_training_set(path)
             extra_n, extra_t = [*extra_n, *more_n], [*extra_t, *more_t]
         probe_images = None
         cfg = self._config(networks)
         if context is not None and context.zoo:
-            from paramsim.lps.material import zoo_material
-
-            got = zoo_material(context.zoo, fc, tasks, cfg.n_probes if cfg.func_branch else 0)
+            got = zoo_material(context.zoo, fc, tasks, cfg.learned_probes)
             extra_n, extra_t = [*extra_n, *got.networks], [*extra_t, *got.tasks]
             probe_images = got.probe_images
         if extra_n and not cfg.func_branch:
