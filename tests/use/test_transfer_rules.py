@@ -71,6 +71,9 @@ def test_tied_top_scores_count_as_their_mean_and_the_validation_oracle():
 
     expect = weightedtau([1.0, 1.0, 0.5, 0.2], [0.6, 0.8, 0.7, 0.9]).statistic
     assert res["weighted_tau"]["mean"] == pytest.approx(expect)
+    assert res["chosen_sources"] == {"t0#0": (0, "t1")}  # the first of the tied top
+    named = score_rule(_instances(1), S, ft, val, labels, ["t0", "t1", "t2"], cfg, [7, 3, 5, 9, 1])
+    assert named["1"]["chosen_sources"] == {"t0#0": (7, "t1")}  # by the zoo's ids
 
 
 def test_validation_rows_avoid_the_shots(use_zoo):

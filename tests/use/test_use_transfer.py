@@ -1,3 +1,4 @@
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -184,7 +185,8 @@ def test_config_validation():
 
 def test_write_transfer(gram1_results, tmp_path):
     written = write_transfer(gram1_results, tmp_path, key="abc")
-    assert set(written) == {"transfer.json", "transfer.png"}
+    assert set(written) == {"transfer.json", "transfer.png", "transfer-matrices.npz"}
+    assert "matrices" not in json.loads(written["transfer.json"].read_text())
     table = format_transfer_table(gram1_results)
     rows = table.splitlines()[2:]
     assert len(rows) == 2 and all("gram1" in r for r in rows)
@@ -229,3 +231,31 @@ def test_both_rules_scored_from_the_same_finetunes(use_zoo, gram1_results):
     )["methods"]["gram1"]["shots"]["1"]
     assert again["select"] == "task" and again["rules"] == per["rules"]
     assert again["chosen"] == per["rules"]["task"]["chosen"]
+
+
+def test_matrices_give_the_reported_picks(use_zoo, gram1_results, tmp_path):
+    """transfer-matrices.npz holds what the tables were computed from: each draw's most
+    similar candidate by the saved scores is the reported source, and the oracle is the row
+    maximum of the saved fine-tuned accuracies."""
+    path = write_transfer(gram1_results, tmp_path)["transfer-matrices.npz"]
+    with np.load(path) as m:
+        ids, ft, S = m["model_ids"], m["finetuned"], m["score:gram1"]
+    assert ft.shape == S.shape == (len(gram1_results["instances"]), len(use_zoo))
+    assert np.array_equal(np.isnan(ft), np.isnan(S))  # NaN exactly off the candidates
+    names = gram1_results["tasks"]
+    per = gram1_results["methods"]["gram1"]["shots"]["1"]
+    oracle = gram1_results["baselines"]["1"]["oracle"]["per_task"]
+    tasks = {r.id: r.task.name for r in use_zoo.records}
+    for j, inst in enumerate(gram1_results["instances"]):
+        if inst["shots"] != 1:
+            continue
+        pick = int(ids[np.nanargmax(S[j])])  # a zoo id, not a column
+        key = f"{inst['task']}#{inst['repeat']}"
+        assert tuple(per["chosen_sources"][key]) == (pick, tasks[pick])
+        assert inst["task"] in names
+    best = {t: [] for t in oracle}
+    for j, inst in enumerate(gram1_results["instances"]):
+        if inst["shots"] == 1:
+            best[inst["task"]].append(np.nanmax(ft[j]))
+    for t, v in best.items():
+        assert np.mean(v) == pytest.approx(oracle[t])

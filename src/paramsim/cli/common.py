@@ -32,7 +32,9 @@ EVAL_OUTPUT = OutputKind(
 RELATION_FILES = ("relation.json", "relation_matrix.png", "dendrogram.png", "map.png")
 RELATE_OUTPUT = OutputKind("a relation map", ("relation.json",), RELATION_FILES, nested=True)
 TRANSFER_OUTPUT = OutputKind(
-    "a transfer report", ("transfer.json",), ("transfer.json", "transfer.png")
+    "a transfer report",
+    ("transfer.json",),
+    ("transfer.json", "transfer.png", "transfer-matrices.npz"),
 )
 REPORT_MARKER = "reproduce.json"
 REPORT_OUTPUT = OutputKind(

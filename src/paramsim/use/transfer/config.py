@@ -9,6 +9,12 @@ from paramsim.errors import ParamsimError
 
 SELECT_RULES = ("task", "model")
 
+MATRICES = "matrices"
+"""Key of the draw x model arrays in `evaluate_transfer`'s result: fine-tuned test and
+validation accuracy and every rule's scores, NaN where a model was not a candidate. They go
+to MATRICES_FILE beside transfer.json, so a new rule can be scored on the same fine-tunes."""
+MATRICES_FILE = "transfer-matrices.npz"
+
 
 @dataclass(frozen=True)
 class TransferConfig:

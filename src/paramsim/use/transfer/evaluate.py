@@ -52,7 +52,7 @@ from paramsim.use._common import (
     load_similarity,
 )
 from paramsim.use.transfer import estimate, ranker
-from paramsim.use.transfer.config import TransferConfig
+from paramsim.use.transfer.config import MATRICES, TransferConfig
 from paramsim.use.transfer.cost import measure_costs
 from paramsim.use.transfer.library import majority_arch
 from paramsim.use.transfer.metrics import baselines, compare_with_best_estimator, score_rule
@@ -230,10 +230,11 @@ def evaluate_transfer(
         }
         say(f"{rule.name}: done in {info[rule.name]['seconds']:.1f} s")
 
+    model_ids = np.array([r.id for r in zoo.records])
     methods: dict[str, Any] = {}
     for name, S in scores.items():
         methods[name] = {
-            "shots": score_rule(instances, S, ft, val, labels, names, cfg),
+            "shots": score_rule(instances, S, ft, val, labels, names, cfg, model_ids),
             **info[name],
         }
     compare_with_best_estimator(methods, {n: m["kind"] for n, m in methods.items()}, cfg.seed)
@@ -264,6 +265,12 @@ def evaluate_transfer(
         "n_candidate_pairs": int(candidates.sum()),
         "finetune_seconds": finetune_seconds,
         "total_seconds": time.perf_counter() - started,
+        MATRICES: {
+            "model_ids": model_ids,
+            "finetuned": ft,
+            "validation": val,
+            **{f"score:{name}": np.where(candidates, S, np.nan) for name, S in scores.items()},
+        },
     }
 
 

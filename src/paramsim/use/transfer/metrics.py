@@ -85,13 +85,16 @@ def score_rule(
     labels: np.ndarray,
     names: Sequence[str],
     cfg: TransferConfig,
+    model_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Per K: both selection rules ("model", "task") scored from the same fine-tuned sources,
     with the field's metrics. The top-level chosen/gain/share/chosen_sources are those of the
-    primary rule (`cfg.select`); `rules` holds every rule's."""
+    primary rule (`cfg.select`); `rules` holds every rule's. Chosen sources are named by
+    `model_ids` (the zoo's ids of the columns; default: the column index)."""
     from scipy.stats import spearmanr, weightedtau
 
     n = len(instances)
+    ids = np.arange(len(labels)) if model_ids is None else np.asarray(model_ids)
     chosen = {rule: np.full(n, np.nan) for rule in SELECT_RULES}
     chosen_id = {rule: np.full(n, -1) for rule in SELECT_RULES}
     rho, tau = np.full(n, np.nan), np.full(n, np.nan)
@@ -142,7 +145,7 @@ def score_rule(
                 "regret": _mean_over(o, tasks) - _mean_over(c, tasks) if tasks else math.nan,
                 "chosen_sources": {
                     f"{names[inst.task_id]}#{inst.repeat}": (
-                        int(chosen_id[rule][j]),
+                        int(ids[chosen_id[rule][j]]),
                         names[int(labels[chosen_id[rule][j]])],
                     )
                     for j, inst in enumerate(instances)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from paramsim.use._common import figure_png, pyplot, settings_key, write_json
-from paramsim.use.transfer.config import TransferConfig
+from paramsim.use.transfer.config import MATRICES, MATRICES_FILE, TransferConfig
 
 
 def _f(v: Any, fmt: str = ".3f") -> str:
@@ -193,16 +193,21 @@ def plot_transfer(results: Mapping[str, Any]) -> bytes | None:
 def write_transfer(
     results: Mapping[str, Any], out_dir: str | Path, key: str | None = None
 ) -> dict[str, Path]:
-    from paramsim.atomic import atomic_write
+    from paramsim.atomic import atomic_path, atomic_write
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = dict(results)
+    matrices = doc.pop(MATRICES, None)
     if key is not None:
         doc["settings_key"] = key
     png = plot_transfer(doc)
     write_json(out / "transfer.json", doc)
     written = {"transfer.json": out / "transfer.json"}
+    if matrices:
+        written[MATRICES_FILE] = out / MATRICES_FILE
+        with atomic_path(written[MATRICES_FILE]) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **matrices)
     if png is not None:
         atomic_write(out / "transfer.png", png)
         written["transfer.png"] = out / "transfer.png"
