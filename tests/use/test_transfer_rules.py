@@ -21,7 +21,7 @@ from paramsim.use.transfer.rules import hybrid_scores, parse_rule, parse_rules, 
 from paramsim.use.transfer.shots import Instance, kshot, validation_rows
 
 QUICK = dict(shots=(1, 2), repeats=1, probe_steps=30, finetune_steps=10, costs=False)
-RULES = ["knn", "logme", "leep", "gram1+knn@4", "rank:gram1"]
+RULES = ["knn", "logme", "leep", "gram1+knn@4", "rank:gram1", "hist:gram1"]
 
 
 def test_rule_names():
@@ -30,8 +30,18 @@ def test_rule_names():
     assert (h.kind, h.base, h.estimator, h.m) == ("hybrid", "lps", "logme", 25)
     assert parse_rule("chain+knn").m == 10
     assert parse_rule("rank:chain").base == "chain"
+    assert (parse_rule("hist:lps").kind, parse_rule("hist:lps").base) == ("history", "lps")
+    assert [r.name for r in parse_rules(["hist:chain"])] == ["chain", "hist:chain"]
     assert [r.name for r in parse_rules(["chain+knn@5"])] == ["chain", "knn", "chain+knn@5"]
-    for bad in ["chain+foo@3", "logme+knn@3", "chain+knn@0", "rank:", "rank:logme"]:
+    for bad in [
+        "chain+foo@3",
+        "logme+knn@3",
+        "chain+knn@0",
+        "rank:",
+        "rank:logme",
+        "hist:knn",
+        "hist:rank:lps",
+    ]:
         with pytest.raises(ParamsimError):
             parse_rule(bad)
     assert split_rules("lps+logme@10", saved_lps=True) == ([], ["logme", "lps+logme@10"])
@@ -98,7 +108,8 @@ def rule_results(use_zoo):
 def test_every_rule_is_scored_with_the_new_metrics(rule_results):
     methods = rule_results["methods"]
     assert set(methods) == {"gram1", *RULES}
-    assert {m["kind"] for m in methods.values()} == {"similarity", "estimator", "hybrid", "learned"}
+    kinds = {m["kind"] for m in methods.values()}
+    assert kinds == {"similarity", "estimator", "hybrid", "learned", "history"}
     for k in ("1", "2"):
         base = rule_results["baselines"][k]
         assert base["val_oracle"]["mean"] <= base["oracle"]["mean"] + 1e-12
@@ -113,7 +124,7 @@ def test_every_rule_is_scored_with_the_new_metrics(rule_results):
             assert -1 <= v["weighted_tau"]["mean"] <= 1
         assert methods[best]["shots"][k]["vs_best_estimator"]["mean"] == 0.0
     table = format_transfer_table(rule_results)
-    assert "(best estimator)" in table and "rank:gram1" in table
+    assert "(best estimator)" in table and "rank:gram1" in table and "hist:gram1" in table
 
 
 def test_same_seed_same_results(use_zoo, rule_results):
@@ -173,7 +184,8 @@ def test_ranker_never_trains_on_its_targets_fold(use_zoo, monkeypatch):
 
 def test_transfer_cli_with_estimators_and_costs(use_zoo, tmp_path, capsys):
     out = tmp_path / "tr"
-    args = ["transfer", str(use_zoo.path), "--methods", "gram1,knn,gram1+knn@3", "--shots", "1"]
+    rules = "gram1,knn,gram1+knn@3,hist:gram1"
+    args = ["transfer", str(use_zoo.path), "--methods", rules, "--shots", "1"]
     args += ["--repeats", "1", "--finetune-steps", "5", "--memory-budget", "64", "--out", str(out)]
     args += ["--sources-per-task", "2"]
     assert main(args) == 0
@@ -184,6 +196,7 @@ def test_transfer_cli_with_estimators_and_costs(use_zoo, tmp_path, capsys):
     assert costs["knn"]["forward_passes"][-1] == doc["costs"]["draw"]["candidates"]
     assert costs["gram1"]["forward_passes"] == [0, 0, 0] and costs["gram1"]["probe_ms"] > 0
     assert costs["gram1+knn@3"]["forward_passes"][-1] == 3
+    assert costs["hist:gram1"]["forward_passes"] == [0, 0, 0]
     assert "ms per 1000 candidates" in capsys.readouterr().out
     assert main([*args[:3], "gram1+nope@3", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -218,3 +231,54 @@ def test_similarity_over_the_budget_goes_through_a_disk_index(use_zoo, monkeypat
     tiny = 3 * width * 8  # room for three embeddings: chunks of one
     got = disk_index_similarity(method, nets[:4], nets[4:], ctx, tiny)
     np.testing.assert_allclose(got, cross_similarity(method, nets[:4], nets[4:], ctx), atol=1e-12)
+
+
+def test_history_remembers_what_transferred_to_similar_past_targets():
+    """Two past targets: A (where source 1 fine-tuned best) and B (source 2 best). A new draw
+    whose probe is closest to A's models picks source 1 although the similarity alone prefers
+    source 2; with no history weight it is the similarity's pick."""
+    from paramsim.use.transfer.history import history_scores
+
+    model_tasks = ["A", "B", "C", "C"]  # models 0 and 1 of A and B; 2, 3 of task C
+    target_tasks = ["A", "B", "new"]
+    ft = np.array(
+        [
+            [np.nan, 0.5, 0.9, 0.6],  # past draw of A: source 2 best
+            [0.5, np.nan, 0.6, 0.9],  # past draw of B: source 3 best
+            [np.nan] * 4,  # the new draw: never read
+        ]
+    )
+    base = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [0.9, 0.1, 0.3, 0.4]])
+    allowed = np.array([[0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]], dtype=bool)
+    got = history_scores(base, ft, allowed, target_tasks, model_tasks, [0, 1], [2], 1, 0.7)[0]
+    assert np.argmax(got) == 2  # A's best, though model 3 is more similar than model 2
+    plain = history_scores(base, ft, allowed, target_tasks, model_tasks, [0, 1], [2], 1, 0.0)
+    assert np.argmax(plain[0]) == 0
+    both = history_scores(base, ft, allowed, target_tasks, model_tasks, [0, 1], [2], 2, 1.0)
+    assert both[0, 2] == pytest.approx(both[0, 3])  # A and B disagree: a tie
+
+
+def test_history_never_reads_its_targets_folds_outcomes(rule_results, use_zoo):
+    """Scores of a fold's draws do not move when that fold's fine-tuned accuracies do."""
+    from paramsim.use.transfer.evaluate import _history_scores
+
+    rng = np.random.default_rng(0)
+    names = rule_results["tasks"]
+    fold = rule_results["folds"]
+    labels = use_zoo.task_ids
+    instances = [
+        Instance(names.index(i["task"]), i["shots"], i["repeat"], torch.zeros(1), torch.zeros(1))
+        for i in rule_results["instances"]
+    ]
+    n = len(use_zoo)
+    own = np.array([[labels[m] == inst.task_id for m in range(n)] for inst in instances])
+    base = rng.random((len(instances), n))
+    ft = np.where(own, np.nan, rng.random(own.shape))
+    S = _history_scores(base, ft, ~own, instances, labels, names, fold)
+    for f in set(fold.values()):
+        rows = [j for j, i in enumerate(instances) if fold[names[i.task_id]] == f]
+        changed = ft.copy()
+        changed[rows] = np.where(own[rows], np.nan, rng.random((len(rows), n)))
+        again = _history_scores(base, changed, ~own, instances, labels, names, fold)
+        assert np.array_equal(again[rows], S[rows], equal_nan=True)
+        assert not np.allclose(np.delete(again, rows, 0), np.delete(S, rows, 0))

@@ -119,8 +119,8 @@ def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, q
 @model_option
 @methods_option(
     "Comma list of selection rules: similarity methods (chain, gram1, lps, ...), "
-    "estimators (logme, leep, nce, knn), hybrids BASE+EST@M (lps+logme@10) and learned "
-    "rankers rank:BASE (rank:chain)."
+    "estimators (logme, leep, nce, knn), hybrids BASE+EST@M (lps+logme@10), learned "
+    "rankers rank:BASE (rank:chain) and remembered outcomes hist:BASE (hist:lps)."
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @overwrite_option

@@ -4,13 +4,15 @@ Timed on one draw (the first of the largest K), median of `repeats` runs, at a q
 and all of its candidates (a seeded random subset). Stored models are taken to be in memory
 already (as they are for an index): loading them is not timed, for any rule.
 
-- weights-only rules (similarity, ranker): embed the probe, compare it with the stored
+- weights-only rules (similarity, ranker, history): embed the probe, compare it with the stored
   embeddings (computed once, like an index), take the best; the probe's training is timed
   once and reported beside them (`probe_ms`). A method that compares pairs only, or whose
   stored embeddings would not fit the memory budget, is timed embedding the candidates
   too (`stored_embeddings` false);
 - estimators: one forward pass per candidate over the shots, then the estimator;
-- hybrids: the weights-only pick of the top M, then the estimator on those M.
+- hybrids: the weights-only pick of the top M, then the estimator on those M;
+- history: the similarity query, then the look-up of the past targets' outcomes (a table of
+  one past draw per task of the zoo).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from paramsim.features.base import Context, cosine_matrix
 from paramsim.use._common import embed_or_none
-from paramsim.use.transfer import estimate, ranker
+from paramsim.use.transfer import estimate, history, ranker
 from paramsim.use.transfer.estimators import ESTIMATORS
 from paramsim.use.transfer.rules import Rule
 from paramsim.use.transfer.shots import Instance
@@ -104,6 +106,23 @@ def measure_costs(
                 return np.argmax(estimator(rule.estimator, few))
 
             return hybrid, min(rule.m, n)
+        if rule.kind == "history":
+            model_tasks = [str(t) for t in zoo.task_ids[ids]]
+            past = sorted(set(model_tasks))
+            outcomes = rng.random((len(past), len(ids)))  # a table's size; values don't matter
+            allowed = np.ones((len(past) + 1, len(ids)), dtype=bool)
+
+            def remembered():
+                s = weights_only(rule.base, ids)
+                base = np.vstack([s, np.zeros((len(past), len(ids)))])
+                ft = np.vstack([np.zeros((1, len(ids))), outcomes])
+                targets = ["new", *past]
+                rows = range(1, len(past) + 1)
+                return np.argmax(
+                    history.history_scores(base, ft, allowed, targets, model_tasks, rows, [0])
+                )
+
+            return remembered, 0
         gallery = galleries.get(rule.base)
         if gallery is None:
             return None
@@ -119,7 +138,8 @@ def measure_costs(
 
     out: dict[str, Any] = {}
     for rule in rules:
-        if rule.kind in ("similarity", "learned", "hybrid") and methods.get(rule.base) is None:
+        weights_only_rule = rule.kind in ("similarity", "learned", "hybrid", "history")
+        if weights_only_rule and methods.get(rule.base) is None:
             continue
         ms, passes = {}, {}
         for n in sizes:
@@ -132,7 +152,6 @@ def measure_costs(
             continue
         ns = np.array(sorted(ms), dtype=float)
         slope = float(np.polyfit(ns, [ms[int(n)] for n in ns], 1)[0]) if len(ns) > 1 else 0.0
-        weights_only_rule = rule.kind in ("similarity", "learned", "hybrid")
         out[rule.name] = {
             "candidates": [int(n) for n in ns],
             "ms": [ms[int(n)] for n in ns],

@@ -19,7 +19,8 @@ shots:
 
 Besides similarity methods, the rules compared are transferability estimators (one forward
 pass per candidate on the shots), hybrids (a weights-only prefilter re-ranked by an
-estimator) and a learned ranker on a method's embeddings (`rules` lists the names).
+estimator), a learned ranker on a method's embeddings and a method mixed with the outcomes of
+past targets (`rules` lists the names).
 
 Fine-tuning keeps the whole source network, output layer included (a source's output unit k
 keeps standing for its own task's side k; the target's label k trains unit k), and trains
@@ -51,7 +52,7 @@ from paramsim.use._common import (
     fit_excluding,
     load_similarity,
 )
-from paramsim.use.transfer import estimate, ranker
+from paramsim.use.transfer import estimate, history, ranker
 from paramsim.use.transfer.config import MATRICES, TransferConfig
 from paramsim.use.transfer.cost import measure_costs
 from paramsim.use.transfer.library import majority_arch
@@ -202,6 +203,16 @@ def evaluate_transfer(
                         raise _Skip(f"needs {dep}, which was skipped")
                 S = hybrid_scores(scores[rule.base], scores[rule.estimator], rule.m)
                 source = f"top {rule.m} by {rule.base}, re-ranked by {rule.estimator}"
+            elif rule.kind == "history":
+                if rule.base not in scores:
+                    raise _Skip(f"needs {rule.base}, which was skipped")
+                S = _history_scores(
+                    scores[rule.base], ft, candidates, instances, labels, names, fold
+                )
+                source = (
+                    f"{rule.base} mixed with the outcomes of the {history.NEIGHBOURS} most "
+                    "similar past targets (other folds)"
+                )
             else:
                 if rule.base not in views:
                     raise _Skip(f"needs {rule.base}, which was skipped")
@@ -415,6 +426,27 @@ def _similarity_views(
             "subset of tasks or use --methods lps, which is fitted per fold"
         )
     return [_view(sim.method, instances, rows, networks, cfg, embed)]
+
+
+def _history_scores(base, ft, candidates, instances, labels, names, fold) -> np.ndarray:
+    """`hist:BASE` for every draw, remembering only the draws of the same K whose target is
+    in another fold: a target's own outcomes, and its fold's, never reach its scores."""
+    S = np.full(ft.shape, np.nan)
+    target_tasks = [names[inst.task_id] for inst in instances]
+    model_tasks = [names[int(t)] for t in labels]
+    for k in sorted({inst.shots for inst in instances}):
+        for f in sorted(set(fold.values())):
+            rows = [
+                j for j, t in enumerate(target_tasks) if instances[j].shots == k and fold[t] == f
+            ]
+            past = [
+                j for j, t in enumerate(target_tasks) if instances[j].shots == k and fold[t] != f
+            ]
+            if rows:
+                S[rows] = history.history_scores(
+                    base, ft, candidates, target_tasks, model_tasks, past, rows
+                )
+    return S
 
 
 def _ranker_scores(base_views, instances, ft, labels, names, fold, cfg) -> np.ndarray:

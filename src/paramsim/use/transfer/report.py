@@ -129,6 +129,7 @@ def rule_views(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
 KIND_COLOURS = {
     "similarity": "tab:blue",
     "learned": "tab:purple",
+    "history": "tab:brown",
     "hybrid": "tab:green",
     "estimator": "tab:orange",
 }

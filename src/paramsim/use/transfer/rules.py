@@ -1,13 +1,15 @@
 """Names of selection rules and what each needs.
 
-`paramsim transfer --methods` takes a comma list that may mix four kinds:
+`paramsim transfer --methods` takes a comma list that may mix five kinds:
 
 - a similarity method (`lps`, `chain`, `gram1`, ...): weights only, no forward pass;
 - an estimator (`logme`, `leep`, `nce`, `knn`): one forward pass per candidate on the shots;
 - a hybrid `BASE+EST@M` (e.g. `lps+logme@10`): the M candidates that BASE ranks highest,
   re-ranked by EST (M forward passes);
 - a learned ranker `rank:BASE` (e.g. `rank:chain`): a small head on BASE's probe and source
-  embeddings, trained to rank sources by fine-tuned accuracy on the other folds' targets.
+  embeddings, trained to rank sources by fine-tuned accuracy on the other folds' targets;
+- a remembered history `hist:BASE` (e.g. `hist:lps`): BASE's similarity mixed with how each
+  source fine-tuned to the past targets most like the probe (`history`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Rule:
     """One selection rule by kind; `base` names the similarity it builds on."""
 
     name: str
-    kind: str  # "similarity" | "estimator" | "hybrid" | "learned"
+    kind: str  # "similarity" | "estimator" | "hybrid" | "learned" | "history"
     base: str = ""
     estimator: str = ""
     m: int = 0
@@ -41,11 +43,14 @@ def parse_rule(name: str) -> Rule:
     name = name.strip()
     if name in ESTIMATORS:
         return Rule(name, "estimator", estimator=name)
-    if name.startswith("rank:"):
-        base = name[len("rank:") :]
-        if not base or base in ESTIMATORS or "+" in base:
-            raise ParamsimError(f"{name}: rank: needs a similarity method, e.g. rank:chain")
-        return Rule(name, "learned", base=base)
+    for prefix, kind in (("rank:", "learned"), ("hist:", "history")):
+        if name.startswith(prefix):
+            base = name[len(prefix) :]
+            if not base or base in ESTIMATORS or "+" in base or ":" in base:
+                raise ParamsimError(
+                    f"{name}: {prefix} needs a similarity method, e.g. {prefix}chain"
+                )
+            return Rule(name, kind, base=base)
     if "+" in name or "@" in name:
         got = _HYBRID.match(name)
         if not got or got["est"] not in ESTIMATORS:
@@ -70,11 +75,11 @@ def parse_rules(names: Sequence[str]) -> list[Rule]:
     for name in names:
         rule = parse_rule(name)
         needs = []
-        if rule.kind in ("hybrid", "learned"):
+        if rule.kind in ("hybrid", "learned", "history"):
             base = rule.base
             needs.append(
                 parse_rule(base)
-                if base.startswith("rank:")
+                if base.startswith(("rank:", "hist:"))
                 else Rule(base, "similarity", base=base)
             )
         if rule.kind == "hybrid":
