@@ -32,6 +32,8 @@ def test_rule_names():
     assert parse_rule("rank:chain").base == "chain"
     assert (parse_rule("hist:lps").kind, parse_rule("hist:lps").base) == ("history", "lps")
     assert [r.name for r in parse_rules(["hist:chain"])] == ["chain", "hist:chain"]
+    nested = [r.name for r in parse_rules(["hist:lps+knn@5"])]
+    assert nested == ["lps", "hist:lps", "knn", "hist:lps+knn@5"]
     assert [r.name for r in parse_rules(["chain+knn@5"])] == ["chain", "knn", "chain+knn@5"]
     for bad in [
         "chain+foo@3",
@@ -282,3 +284,19 @@ def test_history_never_reads_its_targets_folds_outcomes(rule_results, use_zoo):
         again = _history_scores(base, changed, ~own, instances, labels, names, fold)
         assert np.array_equal(again[rows], S[rows], equal_nan=True)
         assert not np.allclose(np.delete(again, rows, 0), np.delete(S, rows, 0))
+
+
+def test_hybrid_reranks_the_top_candidates_not_unpickable_models(rule_results):
+    """The M slots of gram1+knn@4 go to the 4 candidates gram1 ranks highest, ordered by knn:
+    the target's own models (most similar to its probe) never take a slot."""
+    m = rule_results["matrices"]
+    base, knn, hybrid = m["score:gram1"], m["score:knn"], m["score:gram1+knn@4"]
+    checked = 0
+    for j in range(len(base)):
+        ok = np.flatnonzero(np.isfinite(base[j]))
+        top = ok[np.argsort(-base[j, ok], kind="stable")][:4]
+        by_hybrid = top[np.argsort(-hybrid[j, top])]
+        assert set(ok[np.argsort(-hybrid[j, ok])][:4]) == set(top)
+        assert np.all(np.diff(knn[j, by_hybrid]) <= 0)  # the 4 in knn's order
+        checked += len(set(knn[j, top])) > 1
+    assert checked  # some draw where knn reorders the four

@@ -201,7 +201,10 @@ def evaluate_transfer(
                 for dep in (rule.base, rule.estimator):
                     if dep not in scores:
                         raise _Skip(f"needs {dep}, which was skipped")
-                S = hybrid_scores(scores[rule.base], scores[rule.estimator], rule.m)
+                # the top M among the candidates only: a model that cannot be picked (the
+                # target's own task, one left out by sources_per_task) must not take a slot
+                base = np.where(candidates, scores[rule.base], np.nan)
+                S = hybrid_scores(base, scores[rule.estimator], rule.m)
                 source = f"top {rule.m} by {rule.base}, re-ranked by {rule.estimator}"
             elif rule.kind == "history":
                 if rule.base not in scores:

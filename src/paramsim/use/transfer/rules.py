@@ -43,14 +43,6 @@ def parse_rule(name: str) -> Rule:
     name = name.strip()
     if name in ESTIMATORS:
         return Rule(name, "estimator", estimator=name)
-    for prefix, kind in (("rank:", "learned"), ("hist:", "history")):
-        if name.startswith(prefix):
-            base = name[len(prefix) :]
-            if not base or base in ESTIMATORS or "+" in base or ":" in base:
-                raise ParamsimError(
-                    f"{name}: {prefix} needs a similarity method, e.g. {prefix}chain"
-                )
-            return Rule(name, kind, base=base)
     if "+" in name or "@" in name:
         got = _HYBRID.match(name)
         if not got or got["est"] not in ESTIMATORS:
@@ -64,28 +56,34 @@ def parse_rule(name: str) -> Rule:
         base = got["base"]
         if base in ESTIMATORS:
             raise ParamsimError(f"{name}: the prefilter must be weights-only, not {base}")
+        parse_rule(base)  # a prefilter may be a ranker or a history: checked as such
         return Rule(name, "hybrid", base=base, estimator=got["est"], m=m)
+    for prefix, kind in (("rank:", "learned"), ("hist:", "history")):
+        if name.startswith(prefix):
+            base = name[len(prefix) :]
+            if not base or base in ESTIMATORS or "+" in base or ":" in base:
+                raise ParamsimError(
+                    f"{name}: {prefix} needs a similarity method, e.g. {prefix}chain"
+                )
+            return Rule(name, kind, base=base)
     return Rule(name, "similarity", base=name)
 
 
 def parse_rules(names: Sequence[str]) -> list[Rule]:
-    """Rules in the order given, each once; the similarities and estimators that hybrids and
-    rankers build on are added (before them) so that they are reported too."""
+    """Rules in the order given, each once; what hybrids, rankers and histories build on
+    (similarities, estimators, and a ranker or history under a hybrid) is added before them,
+    so that it is reported too."""
     out: dict[str, Rule] = {}
-    for name in names:
-        rule = parse_rule(name)
-        needs = []
+
+    def add(rule: Rule) -> None:
         if rule.kind in ("hybrid", "learned", "history"):
-            base = rule.base
-            needs.append(
-                parse_rule(base)
-                if base.startswith(("rank:", "hist:"))
-                else Rule(base, "similarity", base=base)
-            )
+            add(parse_rule(rule.base))
         if rule.kind == "hybrid":
-            needs.append(Rule(rule.estimator, "estimator", estimator=rule.estimator))
-        for r in [*needs, rule]:
-            out.setdefault(r.name, r)
+            add(Rule(rule.estimator, "estimator", estimator=rule.estimator))
+        out.setdefault(rule.name, rule)
+
+    for name in names:
+        add(parse_rule(name))
     return list(out.values())
 
 
