@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from eval_helpers import (
+    TASKS,
     BrokenFit,
     FakeZoo,
     FlatMethod,
@@ -250,3 +251,28 @@ def test_a_task_with_its_sides_swapped_is_the_same_task():
     a, flipped, other = Task(((0,), (1,))), Task(((1,), (0,))), Task(((2,), (3,)))
     labels, tasks = index_tasks([a, flipped, other, a])
     assert labels.tolist() == [0, 0, 1, 0] and tasks == [a, other]
+
+
+def test_evaluate_zoo_keeps_a_task_and_its_swapped_twin_on_one_side(monkeypatch):
+    """A zoo holding "0 vs 1" and "1 vs 0" as two registry tasks (built before recipes refused
+    it) must never train on one and hold out the other."""
+    import paramsim.eval.on_zoo as on_zoo
+    from paramsim.data import Task
+    from paramsim.data.tasks import task_key
+
+    drawn = []
+
+    def recording(labels, **kw):
+        drawn.extend(make_splits(labels, **kw))
+        return drawn[-kw["n_splits"] :]
+
+    monkeypatch.setattr(on_zoo, "make_splits", recording)
+    zoo = FakeZoo([*TASKS, Task(((1,), (0,)))], per_task=2)
+    RecordingLearned.fits.clear()
+    evaluate_zoo(zoo, [RecordingLearned()], n_splits=4, seed=1)
+    assert len(drawn) == len(RecordingLearned.fits) == 4
+    model_keys = [task_key(zoo.tasks[int(t)]) for t in zoo.task_ids]
+    for split, fit in zip(drawn, RecordingLearned.fits, strict=True):
+        held = {model_keys[i] for i in split.test_ids}
+        assert held and not held & {task_key(t) for t in fit["train"] | fit["val"]}
+    RecordingLearned.fits.clear()

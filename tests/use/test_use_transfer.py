@@ -259,3 +259,12 @@ def test_matrices_give_the_reported_picks(use_zoo, gram1_results, tmp_path):
             best[inst["task"]].append(np.nanmax(ft[j]))
     for t, v in best.items():
         assert np.mean(v) == pytest.approx(oracle[t])
+
+
+def test_a_zoo_with_a_swapped_twin_task_is_refused():
+    from paramsim.data import Task
+    from paramsim.use.transfer.evaluate import _refuse_swapped_duplicates
+
+    _refuse_swapped_duplicates([Task(((0,), (1,))), Task(((0,), (2,)))])
+    with pytest.raises(ParamsimError, match="'0 vs 1' and '1 vs 0'.*swapped"):
+        _refuse_swapped_duplicates([Task(((0,), (1,))), Task(((1,), (0,)))])

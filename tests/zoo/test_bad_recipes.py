@@ -67,6 +67,7 @@ BAD = {
     "half a pair": ('tasks = "1-"', "tasks = '1-'"),
     "letters": ('tasks = "a-b"', "tasks = 'a-b'"),
     "duplicate task": ('tasks = "0-1,0-1"', "tasks = '0-1,0-1'.*each task once"),
+    "swapped duplicate": ('tasks = "0-1,2-3,1-0"', "tasks = '0-1,2-3,1-0'.*either order"),
     "empty item": ('tasks = "0-1,,2-3"', "tasks = '0-1,,2-3'"),
     "empty tasks": ('tasks = ""', "tasks = ''"),
     "tasks number": ("tasks = 5", "tasks = 5"),

@@ -13,7 +13,7 @@ import numpy as np
 from paramsim.errors import ParamsimError
 from paramsim.eval.extra import ExtraModels
 from paramsim.eval.protocol import ProgressFn, evaluate
-from paramsim.eval.splits import make_class_splits, make_splits
+from paramsim.eval.splits import index_tasks, make_class_splits, make_splits
 from paramsim.features.base import Context, Method
 
 
@@ -52,8 +52,8 @@ def evaluate_zoo(
     else:
         zoo_name = str(getattr(zoo, "path", getattr(zoo, "name", "zoo")))
         zoo_name = Path(zoo_name).name or zoo_name
-    task_ids = np.asarray(zoo.task_ids, dtype=np.int64)
-    model_tasks = [zoo.tasks[int(t)] for t in task_ids]
+    model_tasks = [zoo.tasks[int(t)] for t in np.asarray(zoo.task_ids, dtype=np.int64)]
+    task_ids, _ = index_tasks(model_tasks)  # "0 vs 1" and "1 vs 0" on one side of a split
     options = dict(split_options or {})
     if holdout == "tasks":
         splits = make_splits(task_ids, n_splits=n_splits, seed=seed, **options)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from paramsim.data import Task, group_tasks, pair_tasks
+from paramsim.data.tasks import task_key
 from paramsim.errors import ParamsimError
 from paramsim.weights.arch import ArchSpec
 from paramsim.zoo.trainer import ModelPlan
@@ -103,9 +104,12 @@ def _check_tasks(value) -> None:
             task = Task.parse(item)
         except ParamsimError:
             raise _bad("tasks", value, allowed) from None
-        if any(len(set(side)) != len(side) for side in task.sides) or task.sides in seen:
-            raise _bad("tasks", value, allowed + ", each task once, each class once")
-        seen.add(task.sides)
+        key = task_key(task)  # "1-0" repeats "0-1": the same question, sides swapped
+        if any(len(set(side)) != len(side) for side in task.sides) or key in seen:
+            raise _bad(
+                "tasks", value, allowed + ", each task once (in either order), each class once"
+            )
+        seen.add(key)
 
 
 def _check_arch(i: int, arch) -> None:

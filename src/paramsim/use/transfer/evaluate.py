@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from paramsim.data.tasks import canonical_name
+from paramsim.data.tasks import canonical_name, task_key
 from paramsim.errors import ParamsimError
 from paramsim.features.base import Context
 from paramsim.use._common import (
@@ -117,6 +117,7 @@ def evaluate_transfer(
         targets = [t for t in targets if names[t] in cfg.targets]
     if len(zoo.tasks) < 2:
         raise ParamsimError("transfer needs a zoo with at least two tasks")
+    _refuse_swapped_duplicates(zoo.tasks)
     arch = majority_arch(zoo)
     tests = {}
     for t in targets:
@@ -301,6 +302,19 @@ def source_subset(labels: np.ndarray, per_task: int, seed: int) -> np.ndarray:
         members = np.flatnonzero(labels == t)
         keep[rng.permutation(members)[:per_task]] = True
     return keep
+
+
+def _refuse_swapped_duplicates(tasks) -> None:
+    """A zoo with "0 vs 1" and "1 vs 0" as two tasks would offer a target's own task as a
+    source and fit learned methods on it; recipes refuse such zoos, older ones may hold one."""
+    first: dict[tuple, str] = {}
+    for t in tasks:
+        other = first.setdefault(task_key(t), t.name)
+        if other != t.name:
+            raise ParamsimError(
+                f"the zoo holds {other!r} and {t.name!r}, one task with its sides swapped; "
+                "rebuild it with each task once"
+            )
 
 
 class _Skip(Exception):
