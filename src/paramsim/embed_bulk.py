@@ -25,6 +25,7 @@ import numpy as np
 
 from paramsim.atomic import atomic_path, atomic_write
 from paramsim.errors import ParamsimError
+from paramsim.stamps import files_stamp
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 SIDECAR_MAX_BYTES = 1 << 20
@@ -189,11 +190,27 @@ def embed_chunk(lps, items: Sequence[Item], device: str = "cpu") -> tuple[np.nda
 
 
 def items_digest(items: Sequence[Item], model_sha256: str, chunk_size: int) -> str:
-    """What a part file's content depends on: the model list, the LPS weights, the chunking."""
+    """What a part file's content depends on: the model list, the files they are read from
+    (a checkpoint's size and modification time; a zoo's files_stamp), the LPS weights and the
+    chunking. A checkpoint replaced between an interrupted run and its rerun is embedded
+    again, not served from an old part."""
     h = hashlib.sha256(f"{model_sha256}|{chunk_size}|".encode())
+    stamps: dict[str, tuple] = {}
     for it in items:
-        h.update(it.ref.encode() + b"\n")
+        if it.source not in stamps:
+            stamps[it.source] = _source_stamp(Path(it.source), it.local_id >= 0)
+        h.update(f"{it.ref}|{stamps[it.source]}\n".encode())
     return h.hexdigest()
+
+
+def _source_stamp(path: Path, is_zoo: bool) -> tuple:
+    if is_zoo:
+        return files_stamp(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return ()  # the read that follows says why
+    return (st.st_size, st.st_mtime_ns)
 
 
 class Parts:

@@ -13,7 +13,14 @@ import pytest
 from tests.scale.helpers import fingerprint, small_recipe
 
 from paramsim.cli import main
-from paramsim.embed_bulk import Parts, collect_items, embed_chunk, embed_items, load_items
+from paramsim.embed_bulk import (
+    Parts,
+    collect_items,
+    embed_chunk,
+    embed_items,
+    items_digest,
+    load_items,
+)
 from paramsim.errors import ParamsimError
 from paramsim.executors import LocalExecutor, make_executor
 from paramsim.index import EmbeddingIndex
@@ -179,3 +186,20 @@ def test_index_over_several_sources_names_each_model(tiny_zoo, lps_dir, tmp_path
     assert best == {"2", "9"}  # the model itself, from the zoo and from the file
     nets = load_items(collect_items([str(f)]))
     assert nets[0].n_outputs == 2
+
+
+def test_parts_digest_changes_when_a_checkpoint_is_replaced(tiny_zoo, tmp_path):
+    """An interrupted run's parts must not serve a checkpoint replaced before the rerun."""
+    import os
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for i in (0, 5):
+        assert main(["zoo", "export", str(tiny_zoo), str(i), "--out", str(ck / f"m{i}.pt")]) == 0
+    items = collect_items([str(ck), str(tiny_zoo)])
+    before = items_digest(items, "sha", 3)
+    assert items_digest(collect_items([str(ck), str(tiny_zoo)]), "sha", 3) == before
+    st = (ck / "m0.pt").stat()
+    shutil.copyfile(ck / "m5.pt", ck / "m0.pt")  # same name, other weights
+    os.utime(ck / "m0.pt", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert items_digest(items, "sha", 3) != before
