@@ -8,7 +8,7 @@ import fnmatch
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,10 +126,12 @@ def check_output_dir(
     return "ours"
 
 
-def check_output_file(path: str | Path, what: str, magic: bytes, overwrite: bool) -> None:
+def check_output_file(
+    path: str | Path, what: str, magic: bytes | Callable[[bytes], bool], overwrite: bool
+) -> None:
     """Refuse an --out file whose replacement could lose a user's data: a directory, a
-    non-regular file, or a file that does not start with `magic` (so is not `what`); an
-    earlier `what` is replaced only with `overwrite`."""
+    non-regular file, or a file that does not start with `magic` (or whose first 16 bytes
+    `magic` rejects; so is not `what`); an earlier `what` is replaced only with `overwrite`."""
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         return
@@ -139,12 +141,12 @@ def check_output_file(path: str | Path, what: str, magic: bytes, overwrite: bool
         raise ParamsimError(f"--out {p} is not a regular file; choose another --out")
     try:
         with open(p, "rb") as f:
-            head = f.read(len(magic))
+            head = f.read(16 if callable(magic) else len(magic))
     except OSError as exc:
         raise ParamsimError(
             f"cannot read --out {p} ({exc.strerror}); choose another --out"
         ) from exc
-    if head != magic:
+    if not (magic(head) if callable(magic) else head == magic):
         raise ParamsimError(f"--out {p} exists and is not {what}; choose another file name")
     if not overwrite:
         raise ParamsimError(f"--out {p} already holds {what}; add --overwrite to replace it")

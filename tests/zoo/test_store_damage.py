@@ -273,3 +273,28 @@ def test_bad_zoo_seed_is_refused_before_anything_is_written(seed, tmp_path):
     with pytest.raises(ParamsimError, match="zoo seed"):
         build_zoo(RECIPE, tmp_path / "z", seed=seed, progress=False)
     assert not (tmp_path / "z").exists()
+
+
+def test_export_never_replaces_a_users_file(small_zoo, tmp_path, capsys):
+    """An existing file of the checkpoint's or its sidecar's name is kept unless --overwrite,
+    and even then only when it is what export writes."""
+    notes, mine = tmp_path / "n.safetensors", tmp_path / "k.pt.json"
+    notes.write_text("notes")
+    mine.write_text("mine")
+    assert main(["zoo", "export", str(small_zoo), "0", "--out", str(notes), "--overwrite"]) == 2
+    assert main(["zoo", "export", str(small_zoo), "0", "--out", str(tmp_path / "k.pt")]) == 2
+    assert notes.read_text() == "notes" and mine.read_text() == "mine"
+    assert not (tmp_path / "k.pt").exists() and not (tmp_path / "n.safetensors.json").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("error:") and "not a" in e for e in err)
+    out = tmp_path / "m.safetensors"
+    assert main(["zoo", "export", str(small_zoo), "0", "--out", str(out)]) == 0
+    assert main(["zoo", "export", str(small_zoo), "1", "--out", str(out)]) == 2  # an earlier one
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["zoo", "export", str(small_zoo), "1", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "m.safetensors.json").read_text())["task"] == (
+        Zoo(small_zoo).records[1].task.name
+    )
+    pt = tmp_path / "m.pt"
+    assert main(["zoo", "export", str(small_zoo), "0", "--out", str(pt)]) == 0
+    assert main(["zoo", "export", str(small_zoo), "1", "--out", str(pt), "--overwrite"]) == 0

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import torch
 
-from paramsim.atomic import atomic_path
-from paramsim.cli.common import compute_options, set_threads
+from paramsim.atomic import atomic_path, check_output_file
+from paramsim.cli.common import compute_options, overwrite_option, set_threads
 from paramsim.cli.printable import printable
 from paramsim.errors import ParamsimError
 
@@ -161,7 +161,8 @@ def info(directory, as_json, verify):
 @click.argument("directory", type=click.Path())
 @click.argument("model_id", type=int)
 @click.option("--out", required=True, type=click.Path(), help=".safetensors or .pt")
-def export(directory, model_id, out):
+@overwrite_option
+def export(directory, model_id, out, overwrite):
     """Write one model as a plain PyTorch state_dict (and its spec as OUT.json)."""
     from paramsim.zoo import open_zoo
 
@@ -169,9 +170,10 @@ def export(directory, model_id, out):
     if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise ParamsimError(f"cannot tell the format of {out}; end it in .safetensors or .pt")
     spec_path = path.with_name(path.name + ".json")
-    for target in (path, spec_path):
-        if target.is_dir():
-            raise ParamsimError(f"{target} is a directory; name a file for --out")
+    # an existing file is replaced only with --overwrite, and only when it looks like what
+    # export writes: a user's other file of that name is never lost
+    check_output_file(path, "a checkpoint", _looks_like_checkpoint, overwrite)
+    check_output_file(spec_path, "a model spec", b"{", overwrite)
     z = open_zoo(directory)
     rec = z.record(model_id)
     sd = z.state_dict(model_id)
@@ -200,3 +202,8 @@ def export(directory, model_id, out):
 
 def register(cli: click.Group) -> None:
     cli.add_command(zoo)
+
+
+def _looks_like_checkpoint(head: bytes) -> bool:
+    """A torch.save zip archive, or safetensors (an 8-byte header length, then JSON)."""
+    return head.startswith(b"PK\x03\x04") or head[8:9] == b"{"
