@@ -106,6 +106,12 @@ def test_unknown_loss_is_a_clear_error():
         LPS(CFG, FitConfig(loss="triplet", epochs=1)).fit(nets, tasks)
 
 
+def test_one_model_per_task_is_a_clear_error():
+    nets, tasks = proto_zoo(4, 1)
+    with pytest.raises(ParamsimError, match="at least 2 training models of one task"):
+        LPS(CFG, FitConfig(epochs=1, val_fraction=0)).fit(nets, tasks)
+
+
 def test_save_load_roundtrip_and_version_check(fitted, tmp_path):
     model, nets, _, _ = fitted
     model.save(tmp_path / "m")

@@ -149,6 +149,12 @@ class LPS:
             raise ParamsimError(why)
         keys = {}
         labels = [keys.setdefault(task_key(t), len(keys)) for t in all_tasks]
+        if max(np.bincount(labels)) < 2:  # a contrastive loss needs a same-task pair
+            raise ParamsimError(
+                f"LPS needs at least 2 training models of one task; the {len(all_nets)} "
+                "training models are each of another task (build the zoo with "
+                "--models-per-task 2 or more, or add --extra-zoo)"
+            )
         pool = TrainingPool.build(all_nets, labels).to(dev)
         key_classes = [set().union(*map(set, k)) for k in keys]
         shared = torch.tensor(

@@ -67,7 +67,12 @@ def load(
     if isinstance(source, (str, Path)):
         path = Path(source)
         sd, metadata = _read_file(path)
-        return from_state_dict(sd, spec or _spec_from_metadata(path, metadata), input_shape)
+        try:
+            return from_state_dict(sd, spec or _spec_from_metadata(path, metadata), input_shape)
+        except ParamsimError as exc:  # name the file: a directory may hold thousands
+            if str(path) in str(exc):
+                raise
+            raise ParamsimError(f"{path}: {exc}") from None
     if isinstance(source, Mapping):
         return from_state_dict(_unwrap(source, "the given mapping"), spec, input_shape)
     raise ParamsimError(
