@@ -102,3 +102,12 @@ def test_cli_holdout_classes(tmp_path, capsys, monkeypatch):
         assert main([*args, *extra, "--out", str(tmp_path / "o2")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err
+
+
+def test_a_short_side_names_its_own_fix():
+    """Too few held-out tasks asks for more classes held out; too few training tasks for fewer."""
+    star = [Task(((0,), (b,))) for b in range(1, 6) for _ in range(2)]  # every task has 0
+    with pytest.raises(ParamsimError, match="1 held-out tasks .*more --classes"):
+        make_class_splits(star, n_classes_out=1, n_splits=1, seed=0)  # holds out class 5
+    with pytest.raises(ParamsimError, match="0 training tasks .*fewer --classes"):
+        make_class_splits(star, n_classes_out=2, n_splits=1, seed=3)  # holds out 0 and 4

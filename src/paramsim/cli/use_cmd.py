@@ -132,7 +132,7 @@ def relate_command(zoo, model_dir, methods, out_dir, overwrite, seed, threads, q
     show_default=True,
     help="Draws per task.",
 )
-@click.option("--finetune-steps", type=click.IntRange(0, MAX_STEPS), default=40, show_default=True)
+@click.option("--finetune-steps", type=click.IntRange(1, MAX_STEPS), default=40, show_default=True)
 @click.option(
     "--finetune",
     type=click.Choice(["all", "head"]),

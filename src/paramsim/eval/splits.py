@@ -235,9 +235,14 @@ def make_class_splits(
         test_t = np.flatnonzero(touch)
         rest = rng.permutation(np.flatnonzero(~touch))
         if len(test_t) < 2 or len(rest) < 1:
+            fix = (
+                "hold out more --classes, or try another --seed"
+                if len(test_t) < 2
+                else "hold out fewer --classes"
+            )
             raise ParamsimError(
-                f"holding out classes {list(held)} leaves {len(test_t)} held-out and "
-                f"{len(rest)} training tasks; each side needs tasks (use fewer --classes)"
+                f"holding out classes {list(held)} leaves {len(test_t)} held-out tasks (at "
+                f"least 2 needed) and {len(rest)} training tasks (at least 1); {fix}"
             )
         n_val = min(round(val_fraction * len(rest)), len(rest) - 1)
         val_t, train_t = np.sort(rest[:n_val]), np.sort(rest[n_val:])
