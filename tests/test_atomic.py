@@ -171,3 +171,45 @@ def test_the_working_directory_is_never_an_output(tmp_path, monkeypatch):
         with pytest.raises(ParamsimError, match="working directory"):
             atomic.check_output_dir(path, KIND, overwrite=True)
     assert work.is_dir()
+
+
+def _killed_run(tmp_path, name, moved_aside: bool):
+    """What a run killed mid-swap leaves: a work directory beside the output (unlocked),
+    with the new partial output and, if it had got that far, the earlier output moved aside."""
+    work = tmp_path / f".{name}.abcd1234.partial"
+    (work / name).mkdir(parents=True)
+    (work / name / "result.json").write_text("partial")
+    if moved_aside:
+        (work / ".replaced").mkdir()
+        (work / ".replaced" / "result.json").write_text("earlier")
+    return work
+
+
+def test_a_killed_runs_work_is_tidied_and_an_earlier_output_put_back(tmp_path):
+    out = tmp_path / "out"
+    _killed_run(tmp_path, "out", moved_aside=True)  # killed between the two renames
+    other = tmp_path / ".out.zzzz9999.partial"
+    (other / "notes").mkdir(parents=True)  # something we did not write: left alone
+    with pytest.raises(ParamsimError, match="--overwrite"):
+        _refused(out, overwrite=False)  # the earlier output is back, and ours
+    assert (out / "result.json").read_text() == "earlier"
+    assert _listing(tmp_path) == sorted(
+        ["out", "out/result.json", ".out.zzzz9999.partial", ".out.zzzz9999.partial/notes"]
+    )
+    _killed_run(tmp_path, "out", moved_aside=False)  # killed while writing
+    with atomic.atomic_dir(out, KIND, overwrite=True) as new:
+        new.mkdir()
+        (new / "result.json").write_text("new")
+    assert (out / "result.json").read_text() == "new"
+    assert not list(tmp_path.glob(".out.abcd1234.partial"))
+
+
+def test_a_running_jobs_work_directory_is_left_alone(tmp_path):
+    out = tmp_path / "out"
+    with atomic.atomic_dir(out, KIND) as new:
+        new.mkdir()
+        (new / "result.json").write_text("first")
+        running = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+        atomic.tidy_stale_work(out)  # another command starting now
+        assert all(p.is_dir() for p in running) and len(running) == 1
+    assert (out / "result.json").read_text() == "first"

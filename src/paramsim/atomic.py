@@ -4,8 +4,10 @@ target, then rename; never replace a directory that paramsim did not write."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -152,17 +154,59 @@ def check_output_file(
         raise ParamsimError(f"--out {p} already holds {what}; add --overwrite to replace it")
 
 
-def _beside(target: Path) -> Path:
-    """A fresh private directory next to `target` (same file system, so renames are atomic)."""
+@contextlib.contextmanager
+def _beside(target: Path) -> Iterator[Path]:
+    """A fresh private directory next to `target` (same file system, so renames are atomic),
+    locked while the run lasts so that `tidy_stale_work` leaves it alone."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return Path(
+        work = Path(
             tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         )
+        fd = os.open(work, os.O_RDONLY)
     except OSError as exc:
         raise ParamsimError(
             f"cannot write beside --out {target} ({exc.strerror}); choose another --out"
         ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield work
+    finally:
+        os.close(fd)
+
+
+_OURS_INSIDE = (".replaced", ".failed")
+
+
+def tidy_stale_work(target: Path) -> None:
+    """Tidy the work directories beside `target` that a killed run left (their lock is free):
+    an earlier output it had moved aside is put back if nothing took its place, and what only
+    we wrote is removed. Anything else found in one leaves it untouched."""
+    if not target.parent.is_dir():
+        return
+    pattern = re.compile(re.escape(f".{target.name}.") + r"[A-Za-z0-9_]{8}\.partial")
+    for work in target.parent.iterdir():
+        if not pattern.fullmatch(work.name) or work.is_symlink() or not work.is_dir():
+            continue
+        try:
+            fd = os.open(work, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a run is still going
+            names = {e.name for e in work.iterdir()}
+            if not names <= {target.name, *_OURS_INSIDE}:
+                continue  # something we did not write: leave it all
+            moved = work / ".replaced"
+            if moved.exists():
+                if target.exists() or target.is_symlink():
+                    continue  # which one is good is not ours to guess
+                os.replace(moved, target)
+            shutil.rmtree(work, ignore_errors=True)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -174,8 +218,13 @@ def atomic_dir(path: str | Path, kind: OutputKind, overwrite: bool = False) -> I
     was. A directory we did not write is never removed: it was refused on entry.
     """
     target = Path(os.path.abspath(path))
+    tidy_stale_work(target)  # first: it may put a killed run's earlier output back
     check_output_dir(target, kind, overwrite)
-    work = _beside(target)
+    with _beside(target) as work:
+        yield from _swap_in(target, kind, overwrite, work)
+
+
+def _swap_in(target: Path, kind: OutputKind, overwrite: bool, work: Path) -> Iterator[Path]:
     new = work / target.name
     try:
         yield new
@@ -203,11 +252,16 @@ def replace_in_place(path: str | Path, kind: OutputKind, overwrite: bool) -> Ite
     removed once the new one is complete. Without `overwrite` an earlier output of ours is
     continued in place (the command reuses what it finds)."""
     target = Path(os.path.abspath(path))
+    tidy_stale_work(target)
     state = check_output_dir(target, kind, overwrite, resume=True)
     if state != "ours" or not overwrite:
         yield target
         return
-    work = _beside(target)
+    with _beside(target) as work:
+        yield from _aside(target, work)
+
+
+def _aside(target: Path, work: Path) -> Iterator[Path]:
     os.replace(target, work / ".replaced")
     try:
         yield target
