@@ -127,6 +127,10 @@ def test_every_rule_is_scored_with_the_new_metrics(rule_results):
         assert methods[best]["shots"][k]["vs_best_estimator"]["mean"] == 0.0
     table = format_transfer_table(rule_results)
     assert "(best estimator)" in table and "rank:gram1" in table and "hist:gram1" in table
+    from paramsim.use.transfer import estimator_notes
+
+    notes = "\n".join(estimator_notes(rule_results))
+    assert "`hist:gram1` (history): gram1 mixed" in notes and "`gram1+knn@4` (hybrid)" in notes
 
 
 def test_same_seed_same_results(use_zoo, rule_results):

@@ -61,7 +61,7 @@ class ReproduceConfig:
     seed: int = 0
     relate_methods: tuple[str, ...] = ("lps", "chain", "gram1", "flat")
     transfer_methods: tuple[str, ...] = ("lps", "chain", "gram1", "flat")
-    transfer_selectors: tuple[str, ...] = ("logme", "knn", "lps+logme@10")  # need forward passes
+    transfer_selectors: tuple[str, ...] = ("logme", "knn", "lps+logme@10", "hist:lps")
     transfer: TransferConfig = TransferConfig()
     lps_epochs: int | None = None  # None: the LPS default
 

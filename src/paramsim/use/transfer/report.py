@@ -110,11 +110,17 @@ def format_cost_table(results: Mapping[str, Any]) -> str:
 
 
 def estimator_notes(results: Mapping[str, Any]) -> list[str]:
-    """Two sentences per estimator that ran: what it reads."""
+    """Per estimator that ran, two sentences on what it reads; per combined rule, what it
+    combines."""
     from paramsim.use.transfer.estimators import ESTIMATORS
 
-    ran = [n for n, m in results.get("methods", {}).items() if m.get("kind") == "estimator"]
-    return [f"- `{n}`: {ESTIMATORS[n].reads}" for n in ran if n in ESTIMATORS]
+    methods = results.get("methods", {})
+    ran = [n for n, m in methods.items() if m.get("kind") == "estimator"]
+    notes = [f"- `{n}`: {ESTIMATORS[n].reads}" for n in ran if n in ESTIMATORS]
+    for n, m in methods.items():  # hybrids, rankers, histories: what they combine
+        if m.get("kind") in ("hybrid", "learned", "history") and m.get("source"):
+            notes.append(f"- `{n}` ({m['kind']}): {m['source']}.")
+    return notes
 
 
 def rule_views(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
