@@ -33,6 +33,7 @@ class MethodEntry:
     family: str  # "fixed" or "lps": what a caller may need to know before making it
     summary: str
     preset: Mapping[str, Any] = field(default_factory=dict)
+    pair: bool = True  # compares two models from their weights alone (`paramsim compare`)
 
     @property
     def learned(self) -> bool:
@@ -72,8 +73,8 @@ def missing_dependency(exc: BaseException) -> str | None:
     return None if top == "paramsim" else top
 
 
-def _fixed(name: str, module: str, cls: str, summary: str) -> MethodEntry:
-    return MethodEntry(name, f"paramsim.features.{module}:{cls}", "fixed", summary)
+def _fixed(name: str, module: str, cls: str, summary: str, pair: bool = True) -> MethodEntry:
+    return MethodEntry(name, f"paramsim.features.{module}:{cls}", "fixed", summary, pair=pair)
 
 
 def _lps(variant: str, summary: str) -> MethodEntry:
@@ -84,14 +85,20 @@ def _lps(variant: str, summary: str) -> MethodEntry:
 
 _ENTRIES = (
     _fixed("flat", "simple", "FlatMethod", "cosine of all parameters flattened"),
-    _fixed("stats", "simple", "StatsMethod", "per-layer weight statistics, z-scored over the set"),
+    _fixed(
+        "stats",
+        "simple",
+        "StatsMethod",
+        "per-layer weight statistics, z-scored over the set",
+        pair=False,  # a set of at least 3 models
+    ),
     _fixed("gram1", "gram", "Gram1Method", "first-layer Gram matrix"),
     _fixed("chain", "gram", "ChainMethod", "Grams of the linearised layer chain"),
     _fixed("e2e", "gram", "E2EMethod", "end-to-end linearised map"),
     _fixed("match", "match", "MatchMethod", "distance after weight matching"),
     _fixed("probes", "function", "ProbesMethod", "logits on synthetic probe inputs"),
-    _fixed("cka", "function", "CKAMethod", "linear CKA of hidden activations on real data"),
-    _fixed("outputs", "function", "OutputsMethod", "logits on real data"),
+    _fixed("cka", "function", "CKAMethod", "linear CKA of hidden activations on real data", False),
+    _fixed("outputs", "function", "OutputsMethod", "logits on real data", pair=False),
     _lps("lps", "learned parameter similarity (the default)"),
     _lps("lps-v1", "the first default LPS: signed readouts, no auxiliary tasks"),
     _lps("lps-noaux", "the default LPS without its auxiliary group-task zoo"),
@@ -104,6 +111,7 @@ _ENTRIES = (
 )
 METHODS: dict[str, MethodEntry] = {e.name: e for e in _ENTRIES}
 FIXED_METHODS: tuple[str, ...] = tuple(e.name for e in _ENTRIES if e.family == "fixed")
+PAIR_METHODS: tuple[str, ...] = tuple(n for n in FIXED_METHODS if METHODS[n].pair)
 LPS_VARIANTS: tuple[str, ...] = tuple(e.name for e in _ENTRIES if e.family == "lps")
 
 
@@ -175,6 +183,7 @@ def parse_method_names(
 
 __all__ = [
     "FIXED_METHODS",
+    "PAIR_METHODS",
     "LPS_VARIANTS",
     "METHODS",
     "MethodEntry",

@@ -91,6 +91,11 @@ def test_compare_several_methods_prints_a_line_each(tiny_zoo, tmp_path, capsys):
     assert code == 0 and float(single) == pytest.approx(float(rows[1][1]), abs=1e-6)
     code, _, err = run_cli(capsys, ["compare", *paths, "--model", tmp_path, "--method", "flat"])
     assert_one_error(code, err, "--model", "--methods")
+    for needs_more in ("stats", "cka", "outputs"):  # a set or real data: refused up front
+        code, _, err = run_cli(capsys, ["compare", *paths, "-m", f"flat,{needs_more}"])
+        assert_one_error(code, err, needs_more, "paramsim eval")
+    code, help_text, _ = run_cli(capsys, ["compare", "--help"])
+    assert "stats" not in help_text and "gram1" in help_text
 
 
 def test_search_of_a_whole_zoo_answers_for_every_model(tiny_zoo, index_dir, capsys):

@@ -11,15 +11,15 @@ DEFAULT_METHOD = "chain"
 
 
 def register(cli: click.Group) -> None:
-    from paramsim.features import FIXED_METHODS
+    from paramsim.methods import PAIR_METHODS
 
     @cli.command("compare")
     @click.argument("a", type=click.Path(dir_okay=False))
     @click.argument("b", type=click.Path(dir_okay=False))
     @methods_option(
         f"Comma list of fixed, weights-only methods (default {DEFAULT_METHOD}; "
-        f"from {', '.join(FIXED_METHODS)}). One method prints one number; several print a "
-        "line per method."
+        f"from {', '.join(PAIR_METHODS)}: the fixed methods that need neither data nor a "
+        "set). One method prints one number; several print a line per method."
     )
     @click.option(
         "--spec",
@@ -49,7 +49,7 @@ def register(cli: click.Group) -> None:
         if model_dir is None:
             if zoo:
                 raise ParamsimError("--zoo needs --model (a saved LPS model)")
-            names = _method_names(methods or DEFAULT_METHOD, FIXED_METHODS)
+            names = _method_names(methods or DEFAULT_METHOD, PAIR_METHODS)
             scores = similarities(a, b, names, arch)
             if len(names) == 1:
                 click.echo(f"{scores[names[0]]:.6f}")
@@ -75,6 +75,14 @@ def _method_names(text: str, known: list[str]) -> list[str]:
     if not names:
         raise ParamsimError("--methods is empty; give a comma list such as chain,gram1")
     unknown = [n for n in names if n not in known]
+    from paramsim.methods import FIXED_METHODS
+
+    not_pairwise = [n for n in unknown if n in FIXED_METHODS]
+    if not_pairwise:
+        raise ParamsimError(
+            f"{', '.join(not_pairwise)} needs real data or a set of models, not two "
+            f"checkpoints; compare takes {', '.join(known)} (use `paramsim eval` on a zoo)"
+        )
     if unknown:
         raise ParamsimError(
             f"unknown method {', '.join(map(repr, unknown))} for compare; choose from "
