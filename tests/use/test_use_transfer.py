@@ -268,3 +268,29 @@ def test_a_zoo_with_a_swapped_twin_task_is_refused():
     _refuse_swapped_duplicates([Task(((0,), (1,))), Task(((0,), (2,)))])
     with pytest.raises(ParamsimError, match="'0 vs 1' and '1 vs 0'.*swapped"):
         _refuse_swapped_duplicates([Task(((0,), (1,))), Task(((1,), (0,)))])
+
+
+def test_select_sources_remembers_a_transfer_runs_outcomes(use_zoo, gram1_results, tmp_path):
+    """With the --out of a transfer run, the model order is hist:'s: a model that fine-tuned
+    best to every past target comes first, though another is more similar."""
+    from paramsim.use.transfer import TransferHistory
+
+    run = tmp_path / "run"
+    write_transfer(gram1_results, run)
+    x, y = kshot(use_zoo.tasks[0], use_zoo.dataset(), 1, (1, 1, 0, 0))
+    args = (use_zoo, "gram1", x.numpy(), y.numpy())
+    plain = select_sources(*args, k=len(use_zoo), exclude_tasks=["0 vs 1"])
+    got = select_sources(*args, k=3, exclude_tasks=["0 vs 1"], history=run)
+    scores = [g["history_score"] for g in got]
+    assert scores == sorted(scores, reverse=True)
+    # a history in which the least similar model always fine-tuned best puts it first
+    last = plain[-1]["model_id"]
+    past = TransferHistory.load(run)
+    col = list(past.model_ids).index(last)
+    ft = np.where(np.isfinite(past.finetuned), 0.5, np.nan)
+    ft[:, col] = 1.0
+    rigged = TransferHistory(past.model_ids, past.target_tasks, past.shots, ft)
+    top = select_sources(*args, k=1, exclude_tasks=["0 vs 1"], history=rigged)
+    assert top[0]["model_id"] == last
+    with pytest.raises(ParamsimError, match="transfer history"):
+        select_sources(*args, history=tmp_path / "nothing-here")

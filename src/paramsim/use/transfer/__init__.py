@@ -22,7 +22,12 @@ Fine-tuning itself lives next to the trainer, in `paramsim.zoo.finetune`.
 from paramsim.use.transfer.config import SELECT_RULES, TransferConfig
 from paramsim.use.transfer.estimators import ESTIMATORS
 from paramsim.use.transfer.evaluate import evaluate_transfer
-from paramsim.use.transfer.library import fine_tune, select_sources, train_probe
+from paramsim.use.transfer.library import (
+    TransferHistory,
+    fine_tune,
+    select_sources,
+    train_probe,
+)
 from paramsim.use.transfer.report import (
     estimator_notes,
     format_cost_table,
@@ -39,6 +44,7 @@ __all__ = [
     "ESTIMATORS",
     "SELECT_RULES",
     "TransferConfig",
+    "TransferHistory",
     "choose_source",
     "estimator_notes",
     "evaluate_transfer",

@@ -8,7 +8,10 @@ stored models by similarity to it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,7 @@ from paramsim.data import Task
 from paramsim.errors import ParamsimError
 from paramsim.features.base import Context
 from paramsim.use._common import Similarity, cross_similarity
-from paramsim.use.transfer.config import SELECT_RULES
+from paramsim.use.transfer.config import MATRICES_FILE, SELECT_RULES
 from paramsim.use.transfer.selection import task_scores
 from paramsim.use.transfer.shots import as_tensors
 from paramsim.weights.arch import ArchSpec
@@ -51,14 +54,19 @@ def select_sources(
     exclude_tasks: Sequence[str] = (),
     select: str = "model",
     top: int = 0,
+    history: TransferHistory | str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """The k stored models to try first for a probe trained on the user's (x, y).
 
     `method`: a fixed method name or a `Similarity` (e.g. `load_similarity(model="lps/")`);
     a learned method must already be fitted. `select="model"` orders the models by their own
     similarity; `select="task"` orders tasks by the mean similarity of their models (of their
-    `top` most similar ones if top > 0) and, within a task, models by similarity. Returns dicts
-    with model id, task, similarity and task_similarity, best first.
+    `top` most similar ones if top > 0) and, within a task, models by similarity. With
+    `history` (a `TransferHistory` or the --out of a `paramsim transfer` run on this zoo),
+    "model" order is the `hist:` rule's: how each model fine-tuned to the 10 past targets most
+    like the probe, mixed with its similarity (`paramsim.use.transfer.history`). Returns
+    dicts with model id, task, similarity and task_similarity (and history_score), best
+    first.
     """
     from paramsim.use._common import load_similarity
     from paramsim.weights import from_module
@@ -71,24 +79,91 @@ def select_sources(
     if sim.learned and sim.seen_tasks is None:
         raise ParamsimError(f"{sim.name} is learned and not fitted; pass a saved model instead")
     probe = from_module(train_probe(zoo, x, y, seed), input_shape=majority_arch(zoo).input_shape)
-    ids = [r.id for r in zoo.records if r.task.name not in set(exclude_tasks)]
+    records = [r for r in zoo.records if r.task.name not in set(exclude_tasks)]
+    ids = [r.id for r in records]
     S = cross_similarity(sim.method, [probe], zoo.networks(ids), Context(seed=seed))[0]
-    tasks = np.asarray([zoo.records[i].task_id for i in ids])
+    tasks = np.asarray([r.task_id for r in records])
     per_task = task_scores(S, tasks, np.isfinite(S), top)
+    score = S
+    if history is not None:
+        past = history if isinstance(history, TransferHistory) else TransferHistory.load(history)
+        score = past.scores(S, records, shots=int(np.bincount(np.asarray(y).astype(int)).min()))
     if select == "task":
         order = sorted(range(len(ids)), key=lambda i: (-per_task[int(tasks[i])], tasks[i], -S[i]))
     else:
-        order = list(np.argsort(-S, kind="stable"))
+        order = list(np.argsort(-score, kind="stable"))
     return [
         {
             "model_id": int(ids[i]),
-            "task": zoo.records[ids[i]].task.name,
+            "task": records[i].task.name,
             "similarity": float(S[i]),
             "task_similarity": per_task[int(tasks[i])],
-            "test_acc": float(zoo.records[ids[i]].test_acc),
+            "test_acc": float(records[i].test_acc),
+            **({"history_score": float(score[i])} if history is not None else {}),
         }
         for i in order[:k]
     ]
+
+
+@dataclass(frozen=True)
+class TransferHistory:
+    """Outcomes of earlier fine-tunes of a zoo's models (`paramsim transfer`'s
+    transfer-matrices.npz and transfer.json): per past draw its target task and K, per model
+    (`model_ids`) its fine-tuned test accuracy, NaN where it was not a candidate."""
+
+    model_ids: np.ndarray
+    target_tasks: tuple[str, ...]
+    shots: np.ndarray
+    finetuned: np.ndarray
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TransferHistory:
+        run = Path(run_dir)
+        try:
+            doc = json.loads((run / "transfer.json").read_text())
+            with np.load(run / MATRICES_FILE) as m:  # no pickles: allow_pickle stays False
+                ids, ft = m["model_ids"], m["finetuned"]
+            draws = doc["instances"]
+            tasks = tuple(str(d["task"]) for d in draws)
+            shots = np.asarray([int(d["shots"]) for d in draws])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ParamsimError(
+                f"cannot read a transfer history in {run} ({exc}); give the --out directory "
+                f"of a `paramsim transfer` run (transfer.json and {MATRICES_FILE})"
+            ) from None
+        if ft.ndim != 2 or ft.shape != (len(draws), len(ids)):
+            raise ParamsimError(
+                f"{run / MATRICES_FILE}: {ft.shape} outcomes for {len(draws)} draws and "
+                f"{len(ids)} models; rerun `paramsim transfer`"
+            )
+        return cls(ids, tasks, shots, ft)
+
+    def scores(self, similarity: np.ndarray, records: Sequence, shots: int) -> np.ndarray:
+        """`hist:` scores of a new probe with `similarity` to the models of `records`,
+        remembering the past draws whose K is nearest to `shots`."""
+        from paramsim.use.transfer.history import history_scores
+
+        column = {int(m): j for j, m in enumerate(self.model_ids)}
+        if not any(r.id in column for r in records):
+            raise ParamsimError(
+                "the transfer history names none of the zoo's models; use the "
+                "--out of a `paramsim transfer` run on this zoo"
+            )
+        nearest = self.shots[np.argmin(np.abs(self.shots - shots))]
+        rows = np.flatnonzero(self.shots == nearest)
+        past = np.full((len(rows), len(records)), np.nan)
+        for j, r in enumerate(records):
+            if r.id in column:
+                past[:, j] = self.finetuned[rows, column[r.id]]
+        n = len(rows)
+        base = np.vstack([similarity[None], np.zeros((n, len(records)))])
+        outcomes = np.vstack([np.full((1, len(records)), np.nan), past])
+        allowed = np.vstack([np.ones((1, len(records)), bool), np.isfinite(past)])
+        targets = ["(new)", *(self.target_tasks[i] for i in rows)]
+        model_tasks = [r.task.name for r in records]
+        return history_scores(base, outcomes, allowed, targets, model_tasks, range(1, n + 1), [0])[
+            0
+        ]
 
 
 def fine_tune(
