@@ -49,8 +49,8 @@ def test_compare_prints_similarity(files, capsys) -> None:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "cka"], "needs a dataset"),
-        (["--method", "stats"], "at least 3"),  # two networks z-score to a constant -1
+        (["--method", "cka"], "needs real data or a set of models"),
+        (["--method", "stats"], "needs real data or a set"),  # two z-score to a constant -1
         (["--spec", "{not json"], "not valid JSON"),
         (["--spec", "missing.json"], "neither"),
     ],
