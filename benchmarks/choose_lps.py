@@ -10,7 +10,9 @@ zoo and candidate it prints held-out mAP, relation rho, and, on zoos with MLPs a
 cross-architecture mAP (MLP queries -> CNN gallery and back), plus the fit time.
 
 Candidates are separated by ";": a name from CANDIDATES or `name={"config": {...}, "fit":
-{...}}` in JSON.
+{...}}` in JSON. `--aux-keep M` keeps the first M models of each auxiliary task and
+`--aux-per-zoo-task N` lifts the cap on auxiliary tasks, to try a cheaper or a larger
+auxiliary zoo.
 """
 
 from __future__ import annotations
@@ -111,6 +113,28 @@ def run(
     )
 
 
+def _adjust_auxiliary(keep: int, per_zoo_task: int) -> None:
+    """Experiments on the auxiliary zoo without a new build (keep) or with a larger one."""
+    import paramsim.lps.auxiliary as aux
+
+    if per_zoo_task > 0:
+        aux.TASKS_PER_ZOO_TASK = per_zoo_task
+    if keep > 0:
+        real = aux.usable_auxiliary
+
+        def first_of_each(networks, tasks, train_tasks):
+            count: dict[str, int] = {}
+            nets, kept = [], []
+            for n, t in zip(*real(networks, tasks, train_tasks), strict=True):
+                count[t.name] = count.get(t.name, 0) + 1
+                if count[t.name] <= keep:
+                    nets.append(n)
+                    kept.append(t)
+            return nets, kept
+
+        aux.usable_auxiliary = first_of_each
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("zoos", nargs="+")
@@ -119,8 +143,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--holdout", choices=("tasks", "classes"), default="tasks")
+    ap.add_argument(
+        "--aux-keep",
+        type=int,
+        default=0,
+        help="keep only the first M auxiliary models of each auxiliary task (what a build with "
+        "M per task gives, up to seeds; 0: all)",
+    )
+    ap.add_argument(
+        "--aux-per-zoo-task",
+        type=int,
+        default=0,
+        help="lift the cap on auxiliary tasks (3 per zoo task) to N per zoo task (0: keep it)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    _adjust_auxiliary(a.aux_keep, a.aux_per_zoo_task)
     specs: list[tuple[str, tuple[dict, dict]]] = []
     for item in a.candidates.split(";"):
         name, _, js = item.partition("=")
