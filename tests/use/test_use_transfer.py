@@ -171,6 +171,8 @@ def test_confidence_interval():
 def test_config_validation():
     with pytest.raises(ParamsimError, match="shots"):
         TransferConfig(shots=(0,))
+    with pytest.raises(ParamsimError, match="twice"):
+        TransferConfig(shots=(1, 5, 1))
     with pytest.raises(ParamsimError, match="folds"):
         TransferConfig(folds=1)
     with pytest.raises(ParamsimError, match="head"):
@@ -294,3 +296,14 @@ def test_select_sources_remembers_a_transfer_runs_outcomes(use_zoo, gram1_result
     assert top[0]["model_id"] == last
     with pytest.raises(ParamsimError, match="transfer history"):
         select_sources(*args, history=tmp_path / "nothing-here")
+
+
+def test_targets_are_matched_in_either_side_order(use_zoo):
+    task = use_zoo.tasks[1]
+    a, b = task.sides
+    swapped = f"{'+'.join(map(str, b))} vs {'+'.join(map(str, a))}"
+    sims = {"gram1": load_similarity(method="gram1")}
+    res = evaluate_transfer(use_zoo, sims, TransferConfig(**QUICK, targets=(swapped,)))
+    assert {i["task"] for i in res["instances"]} == {task.name}
+    with pytest.raises(ParamsimError, match="unknown target tasks"):
+        evaluate_transfer(use_zoo, sims, TransferConfig(**QUICK, targets=("7 vs 9",)))

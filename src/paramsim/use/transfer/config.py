@@ -49,6 +49,8 @@ class TransferConfig:
             object.__setattr__(self, "targets", tuple(self.targets))
         if not self.shots or min(self.shots) < 1:
             raise ParamsimError(f"shots must be positive integers, got {self.shots}")
+        if len(set(self.shots)) != len(self.shots):
+            raise ParamsimError(f"shots {self.shots} names a K twice; give each K once")
         if self.probes < 1:
             raise ParamsimError(f"probes must be at least 1, got {self.probes}")
         if self.repeats < 1:

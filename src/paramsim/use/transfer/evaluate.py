@@ -110,11 +110,14 @@ def evaluate_transfer(
     names = [t.name for t in zoo.tasks]
     labels = zoo.task_ids
     targets = list(range(len(names)))
-    if cfg.targets is not None:
-        unknown = set(cfg.targets) - set(names)
+    if cfg.targets is not None:  # "1 vs 0" names the task "0 vs 1"
+        wanted = {canonical_name(t) for t in cfg.targets}
+        unknown = sorted(
+            t for t in cfg.targets if canonical_name(t) not in map(canonical_name, names)
+        )
         if unknown:
-            raise ParamsimError(f"unknown target tasks {sorted(unknown)}; the zoo has {names}")
-        targets = [t for t in targets if names[t] in cfg.targets]
+            raise ParamsimError(f"unknown target tasks {unknown}; the zoo has {names}")
+        targets = [t for t in targets if canonical_name(names[t]) in wanted]
     if len(zoo.tasks) < 2:
         raise ParamsimError("transfer needs a zoo with at least two tasks")
     _refuse_swapped_duplicates(zoo.tasks)
