@@ -182,6 +182,8 @@ def _killed_run(tmp_path, name, moved_aside: bool):
     if moved_aside:
         (work / ".replaced").mkdir()
         (work / ".replaced" / "result.json").write_text("earlier")
+    old = work.stat().st_mtime - 2 * atomic.STALE_AFTER_S
+    os.utime(work, (old, old))  # killed a while ago
     return work
 
 
@@ -190,11 +192,21 @@ def test_a_killed_runs_work_is_tidied_and_an_earlier_output_put_back(tmp_path):
     _killed_run(tmp_path, "out", moved_aside=True)  # killed between the two renames
     other = tmp_path / ".out.zzzz9999.partial"
     (other / "notes").mkdir(parents=True)  # something we did not write: left alone
+    long_ago = other.stat().st_mtime - 2 * atomic.STALE_AFTER_S
+    os.utime(other, (long_ago, long_ago))
+    fresh = tmp_path / ".out.new12345.partial"
+    fresh.mkdir()  # just made by a run that has not locked it yet: left alone
     with pytest.raises(ParamsimError, match="--overwrite"):
         _refused(out, overwrite=False)  # the earlier output is back, and ours
     assert (out / "result.json").read_text() == "earlier"
     assert _listing(tmp_path) == sorted(
-        ["out", "out/result.json", ".out.zzzz9999.partial", ".out.zzzz9999.partial/notes"]
+        [
+            "out",
+            "out/result.json",
+            ".out.new12345.partial",
+            ".out.zzzz9999.partial",
+            ".out.zzzz9999.partial/notes",
+        ]
     )
     _killed_run(tmp_path, "out", moved_aside=False)  # killed while writing
     with atomic.atomic_dir(out, KIND, overwrite=True) as new:

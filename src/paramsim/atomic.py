@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,7 @@ def _beside(target: Path) -> Iterator[Path]:
 
 
 _OURS_INSIDE = (".replaced", ".failed")
+STALE_AFTER_S = 60.0  # a work directory younger than this is never tidied
 
 
 def tidy_stale_work(target: Path) -> None:
@@ -194,6 +196,8 @@ def tidy_stale_work(target: Path) -> None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a run is still going
+            if time.time() - os.fstat(fd).st_mtime < STALE_AFTER_S:
+                continue  # perhaps a run that made it and has not locked it yet
             names = {e.name for e in work.iterdir()}
             if not names <= {target.name, *_OURS_INSIDE}:
                 continue  # something we did not write: leave it all
