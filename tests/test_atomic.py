@@ -222,6 +222,8 @@ def test_a_running_jobs_work_directory_is_left_alone(tmp_path):
         new.mkdir()
         (new / "result.json").write_text("first")
         running = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+        long_ago = running[0].stat().st_mtime - 2 * atomic.STALE_AFTER_S
+        os.utime(running[0], (long_ago, long_ago))  # old: only its lock protects it
         atomic.tidy_stale_work(out)  # another command starting now
         assert all(p.is_dir() for p in running) and len(running) == 1
     assert (out / "result.json").read_text() == "first"

@@ -287,7 +287,7 @@ def test_history_never_reads_its_targets_folds_outcomes(rule_results, use_zoo):
         changed[rows] = np.where(own[rows], np.nan, rng.random((len(rows), n)))
         again = _history_scores(base, changed, ~own, instances, labels, names, fold)
         assert np.array_equal(again[rows], S[rows], equal_nan=True)
-        assert not np.allclose(np.delete(again, rows, 0), np.delete(S, rows, 0))
+        assert not np.allclose(np.delete(again, rows, 0), np.delete(S, rows, 0), equal_nan=True)
 
 
 def test_hybrid_reranks_the_top_candidates_not_unpickable_models(rule_results):

@@ -296,6 +296,23 @@ def test_select_sources_remembers_a_transfer_runs_outcomes(use_zoo, gram1_result
     assert top[0]["model_id"] == last
     with pytest.raises(ParamsimError, match="transfer history"):
         select_sources(*args, history=tmp_path / "nothing-here")
+    # an excluded task's own past outcomes never count: rigged to favour `last`, they are
+    # dropped, the rest carry no preference, and the similarity's order stands
+    own = np.array([t == "0 vs 1" for t in past.target_tasks])
+    only_own = np.where(np.isfinite(past.finetuned), 0.5, np.nan)
+    only_own[own, col] = 1.0
+    rigged = TransferHistory(past.model_ids, past.target_tasks, past.shots, only_own)
+    top = select_sources(*args, k=1, exclude_tasks=["0 vs 1"], history=rigged)
+    assert own.any() and top[0]["model_id"] == plain[0]["model_id"]
+    # a history of another zoo (a model of another task under the same id) is refused
+    tasks = list(past.model_tasks)
+    tasks[col] = "8 vs 9"
+    alien = TransferHistory(past.model_ids, past.target_tasks, past.shots, ft, tuple(tasks))
+    with pytest.raises(ParamsimError, match="another zoo"):
+        select_sources(*args, history=alien)
+    (run / "transfer-matrices.npz").write_bytes(b"PK\x03\x04" + bytes(64))  # damaged
+    with pytest.raises(ParamsimError, match="cannot read a transfer history"):
+        select_sources(*args, history=run)
 
 
 def test_targets_are_matched_in_either_side_order(use_zoo):

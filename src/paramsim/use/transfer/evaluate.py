@@ -285,6 +285,7 @@ def evaluate_transfer(
         "total_seconds": time.perf_counter() - started,
         MATRICES: {
             "model_ids": model_ids,
+            "model_tasks": np.array([names[int(t)] for t in labels]),
             "finetuned": ft,
             "validation": val,
             **{f"score:{name}": np.where(candidates, S, np.nan) for name, S in scores.items()},

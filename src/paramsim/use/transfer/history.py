@@ -13,6 +13,8 @@ models, and z standardises over a draw's candidates. Selection stays weights-onl
 similarity query, no forward pass of a candidate on the shots); the past outcomes are a
 table the library keeps. In `evaluate_transfer` the past targets are the draws of the other
 folds' tasks with the same K, so a target's own outcomes never reach its scores (tested).
+The past outcomes do include how the models of the target's fold fine-tuned to *other*
+targets: that says how a source transfers, nothing of the target.
 
 n = 10 and w = 0.7 were chosen on a seed-100 transfer run of digits-pairs (3 sources per task,
 K 1, 5, 20; docs/RESULTS.md); the reported runs use seed 0.
@@ -74,8 +76,10 @@ def history_scores(
     of_task = np.asarray(model_tasks)[None, :] == np.asarray(tasks)[:, None]  # (T, n_models)
     for i, j in enumerate(rows):
         near = (of_task * np.nan_to_num(base[j])).sum(1) / np.maximum(of_task.sum(1), 1)
+        near[of_task.sum(1) == 0] = -np.inf  # no model to compare with: never a neighbour
         near[np.asarray(tasks) == target_tasks[j]] = -np.inf  # never its own (not past anyway)
-        pick = np.argsort(-near, kind="stable")[:neighbours]
+        pick = np.flatnonzero(np.isfinite(near))
+        pick = pick[np.argsort(-near[pick], kind="stable")][:neighbours]
         remembered = np.nan_to_num(_nanmean(table[pick]), nan=0.0)  # no past: average
         remembered = zscore_rows(remembered[None], mask[i : i + 1])[0]
         out[i] = weight * remembered + (1 - weight) * similarity[i]

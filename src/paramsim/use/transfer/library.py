@@ -9,14 +9,16 @@ stored models by similarity to it.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from paramsim.data import Task
+from paramsim.data.tasks import canonical_name
 from paramsim.errors import ParamsimError
 from paramsim.features.base import Context
 from paramsim.use._common import Similarity, cross_similarity
@@ -87,6 +89,7 @@ def select_sources(
     score = S
     if history is not None:
         past = history if isinstance(history, TransferHistory) else TransferHistory.load(history)
+        past = past.without_targets(exclude_tasks)  # an excluded task's outcomes never count
         score = past.scores(S, records, shots=int(np.bincount(np.asarray(y).astype(int)).min()))
     if select == "task":
         order = sorted(range(len(ids)), key=lambda i: (-per_task[int(tasks[i])], tasks[i], -S[i]))
@@ -115,6 +118,18 @@ class TransferHistory:
     target_tasks: tuple[str, ...]
     shots: np.ndarray
     finetuned: np.ndarray
+    model_tasks: tuple[str, ...] | None = None  # each column's task, to check the zoo
+
+    def without_targets(self, tasks: Sequence[str]) -> TransferHistory:
+        """The history less the draws whose target is one of `tasks` (either side order)."""
+        drop = {canonical_name(t) for t in tasks}
+        keep = [i for i, t in enumerate(self.target_tasks) if canonical_name(t) not in drop]
+        return replace(
+            self,
+            target_tasks=tuple(self.target_tasks[i] for i in keep),
+            shots=self.shots[keep],
+            finetuned=self.finetuned[keep],
+        )
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TransferHistory:
@@ -123,10 +138,11 @@ class TransferHistory:
             doc = json.loads((run / "transfer.json").read_text())
             with np.load(run / MATRICES_FILE) as m:  # no pickles: allow_pickle stays False
                 ids, ft = m["model_ids"], m["finetuned"]
+                model_tasks = tuple(map(str, m["model_tasks"])) if "model_tasks" in m else None
             draws = doc["instances"]
             tasks = tuple(str(d["task"]) for d in draws)
             shots = np.asarray([int(d["shots"]) for d in draws])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise ParamsimError(
                 f"cannot read a transfer history in {run} ({exc}); give the --out directory "
                 f"of a `paramsim transfer` run (transfer.json and {MATRICES_FILE})"
@@ -136,7 +152,7 @@ class TransferHistory:
                 f"{run / MATRICES_FILE}: {ft.shape} outcomes for {len(draws)} draws and "
                 f"{len(ids)} models; rerun `paramsim transfer`"
             )
-        return cls(ids, tasks, shots, ft)
+        return cls(ids, tasks, shots, ft, model_tasks)
 
     def scores(self, similarity: np.ndarray, records: Sequence, shots: int) -> np.ndarray:
         """`hist:` scores of a new probe with `similarity` to the models of `records`,
@@ -149,6 +165,17 @@ class TransferHistory:
                 "the transfer history names none of the zoo's models; use the "
                 "--out of a `paramsim transfer` run on this zoo"
             )
+        if self.model_tasks is not None:
+            moved = [
+                r.id
+                for r in records
+                if r.id in column and r.task.name != self.model_tasks[column[r.id]]
+            ]
+            if moved:
+                raise ParamsimError(
+                    f"the transfer history's model {moved[0]} has another task than the zoo's: "
+                    "it is of another zoo; use a `paramsim transfer` run on this one"
+                )
         nearest = self.shots[np.argmin(np.abs(self.shots - shots))]
         rows = np.flatnonzero(self.shots == nearest)
         past = np.full((len(rows), len(records)), np.nan)
