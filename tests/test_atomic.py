@@ -227,3 +227,18 @@ def test_a_running_jobs_work_directory_is_left_alone(tmp_path):
         atomic.tidy_stale_work(out)  # another command starting now
         assert all(p.is_dir() for p in running) and len(running) == 1
     assert (out / "result.json").read_text() == "first"
+
+
+def test_a_killed_runs_earlier_output_is_put_back_at_once(tmp_path, capsys):
+    """A work directory holding .replaced belongs to a dead run as soon as its lock is free
+    (runs lock before they move anything in), young or not; one kept because the target
+    exists is reported, not hidden."""
+    out = tmp_path / "out"
+    work = _killed_run(tmp_path, "out", moved_aside=True)
+    now = work.stat().st_mtime + 2 * atomic.STALE_AFTER_S
+    os.utime(work, (now, now))  # killed a moment ago
+    atomic.tidy_stale_work(out)
+    assert (out / "result.json").read_text() == "earlier" and not work.exists()
+    again = _killed_run(tmp_path, "out", moved_aside=True)  # and now the target exists
+    atomic.tidy_stale_work(out)
+    assert again.exists() and "earlier output of a killed run" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import fnmatch
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -196,14 +197,22 @@ def tidy_stale_work(target: Path) -> None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a run is still going
-            if time.time() - os.fstat(fd).st_mtime < STALE_AFTER_S:
-                continue  # perhaps a run that made it and has not locked it yet
             names = {e.name for e in work.iterdir()}
+            moved = work / ".replaced"
+            # a run locks its directory before it moves anything into it, so one holding
+            # .replaced with a free lock is a dead run's, however young; without it, a young
+            # directory may be a run's that has not locked it yet
+            if ".replaced" not in names and time.time() - os.fstat(fd).st_mtime < STALE_AFTER_S:
+                continue
             if not names <= {target.name, *_OURS_INSIDE}:
                 continue  # something we did not write: leave it all
-            moved = work / ".replaced"
-            if moved.exists():
+            if ".replaced" in names:
                 if target.exists() or target.is_symlink():
+                    print(
+                        f"note: {moved} holds an earlier output of a killed run, kept because "
+                        f"{target} exists; move it back by hand if you want it",
+                        file=sys.stderr,
+                    )
                     continue  # which one is good is not ours to guess
                 os.replace(moved, target)
             shutil.rmtree(work, ignore_errors=True)

@@ -204,8 +204,12 @@ def items_digest(items: Sequence[Item], model_sha256: str, chunk_size: int) -> s
 
 
 def _source_stamp(path: Path, is_zoo: bool) -> tuple:
+    """A checkpoint's size and mtime; a zoo's registry and shards only (an auxiliary zoo or
+    an output written inside the zoo directory does not change its models)."""
     if is_zoo:
-        return files_stamp(path)
+        from paramsim.zoo.store import REGISTRY, SHARDS
+
+        return (_source_stamp(path / REGISTRY, False), files_stamp(path / SHARDS))
     try:
         st = path.stat()
     except OSError:

@@ -203,3 +203,9 @@ def test_parts_digest_changes_when_a_checkpoint_is_replaced(tiny_zoo, tmp_path):
     shutil.copyfile(ck / "m5.pt", ck / "m0.pt")  # same name, other weights
     os.utime(ck / "m0.pt", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert items_digest(items, "sha", 3) != before
+    now = items_digest(items, "sha", 3)
+    (tiny_zoo / "auxiliary-like-extra").mkdir()  # a new entry beside the zoo's models
+    try:
+        assert items_digest(items, "sha", 3) == now  # the models did not change
+    finally:
+        (tiny_zoo / "auxiliary-like-extra").rmdir()
