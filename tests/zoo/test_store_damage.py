@@ -298,3 +298,11 @@ def test_export_never_replaces_a_users_file(small_zoo, tmp_path, capsys):
     pt = tmp_path / "m.pt"
     assert main(["zoo", "export", str(small_zoo), "0", "--out", str(pt)]) == 0
     assert main(["zoo", "export", str(small_zoo), "1", "--out", str(pt), "--overwrite"]) == 0
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "photos.safetensors", "w") as z:  # a zip, not safetensors
+        z.writestr("a.txt", "mine")
+    zipped = (tmp_path / "photos.safetensors").read_bytes()
+    args = ["zoo", "export", str(small_zoo), "0", "--out", str(tmp_path / "photos.safetensors")]
+    assert main([*args, "--overwrite"]) == 2
+    assert (tmp_path / "photos.safetensors").read_bytes() == zipped

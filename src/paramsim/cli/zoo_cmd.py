@@ -172,7 +172,8 @@ def export(directory, model_id, out, overwrite):
     spec_path = path.with_name(path.name + ".json")
     # an existing file is replaced only with --overwrite, and only when it looks like what
     # export writes: a user's other file of that name is never lost
-    check_output_file(path, "a checkpoint", _looks_like_checkpoint, overwrite)
+    looks_right = _looks_like_safetensors if path.suffix == ".safetensors" else _looks_like_zip
+    check_output_file(path, f"a {path.suffix} checkpoint", looks_right, overwrite)
     check_output_file(spec_path, "a model spec", b"{", overwrite)
     z = open_zoo(directory)
     rec = z.record(model_id)
@@ -204,6 +205,11 @@ def register(cli: click.Group) -> None:
     cli.add_command(zoo)
 
 
-def _looks_like_checkpoint(head: bytes) -> bool:
-    """A torch.save zip archive, or safetensors (an 8-byte header length, then JSON)."""
-    return head.startswith(b"PK\x03\x04") or head[8:9] == b"{"
+def _looks_like_zip(head: bytes) -> bool:
+    """What torch.save writes (.pt, .pth): a zip archive."""
+    return head.startswith(b"PK\x03\x04")
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    """A little-endian 8-byte header length, then the JSON header."""
+    return len(head) > 8 and head[8:9] == b"{"
