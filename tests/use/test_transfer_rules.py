@@ -190,7 +190,7 @@ def test_ranker_never_trains_on_its_targets_fold(use_zoo, monkeypatch):
 
 def test_transfer_cli_with_estimators_and_costs(use_zoo, tmp_path, capsys):
     out = tmp_path / "tr"
-    rules = "gram1,knn,gram1+knn@3,hist:gram1"
+    rules = "gram1,knn,gram1+knn@3,hist:gram1,hist:gram1+knn@3"
     args = ["transfer", str(use_zoo.path), "--methods", rules, "--shots", "1"]
     args += ["--repeats", "1", "--finetune-steps", "5", "--memory-budget", "64", "--out", str(out)]
     args += ["--sources-per-task", "2"]
@@ -203,6 +203,7 @@ def test_transfer_cli_with_estimators_and_costs(use_zoo, tmp_path, capsys):
     assert costs["gram1"]["forward_passes"] == [0, 0, 0] and costs["gram1"]["probe_ms"] > 0
     assert costs["gram1+knn@3"]["forward_passes"][-1] == 3
     assert costs["hist:gram1"]["forward_passes"] == [0, 0, 0]
+    assert costs["hist:gram1+knn@3"]["forward_passes"][-1] == 3  # a history prefilter, timed
     assert "ms per 1000 candidates" in capsys.readouterr().out
     assert main([*args[:3], "gram1+nope@3", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

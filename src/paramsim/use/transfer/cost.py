@@ -27,7 +27,7 @@ from paramsim.features.base import Context, cosine_matrix
 from paramsim.use._common import embed_or_none
 from paramsim.use.transfer import estimate, history, ranker
 from paramsim.use.transfer.estimators import ESTIMATORS
-from paramsim.use.transfer.rules import Rule
+from paramsim.use.transfer.rules import Rule, parse_rule
 from paramsim.use.transfer.shots import Instance
 from paramsim.use.transfer.similarity import bounded_cross_similarity, fits
 from paramsim.zoo.finetune import SourceBank, train_probes
@@ -40,6 +40,14 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(1000 * (time.perf_counter() - t0))
     return float(np.median(times))
+
+
+def _root(rule: Rule) -> str:
+    """The similarity method a weights-only rule stands on (through a ranker or history)."""
+    base = rule.base
+    while ":" in base:
+        base = parse_rule(base).base
+    return base
 
 
 def measure_costs(
@@ -98,11 +106,20 @@ def measure_costs(
         if rule.kind == "estimator":
             return (lambda: np.argmax(estimator(rule.name, stacks[n]))), n
         if rule.kind == "hybrid":
-            top = ids[np.argsort(-weights_only(rule.base, ids))[: rule.m]]
+            if rule.base in methods:  # a similarity prefilter
+                top = ids[np.argsort(-weights_only(rule.base, ids))[: rule.m]]
+
+                def prefilter():
+                    return weights_only(rule.base, ids)
+            else:  # a ranker or history prefilter: time its own selection
+                got = selection(parse_rule(rule.base), n)
+                if got is None:
+                    return None
+                prefilter, top = got[0], ids[: rule.m]  # which M does not change the time
             few = bank.stack(top.tolist(), lr=0.0, steps=0)
 
             def hybrid():
-                weights_only(rule.base, ids)
+                prefilter()
                 return np.argmax(estimator(rule.estimator, few))
 
             return hybrid, min(rule.m, n)
@@ -139,7 +156,7 @@ def measure_costs(
     out: dict[str, Any] = {}
     for rule in rules:
         weights_only_rule = rule.kind in ("similarity", "learned", "hybrid", "history")
-        if weights_only_rule and methods.get(rule.base) is None:
+        if weights_only_rule and methods.get(_root(rule)) is None:
             continue
         ms, passes = {}, {}
         for n in sizes:
