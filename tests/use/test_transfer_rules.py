@@ -247,7 +247,6 @@ def test_history_remembers_what_transferred_to_similar_past_targets():
     from paramsim.use.transfer.history import history_scores
 
     model_tasks = ["A", "B", "C", "C"]  # models 0 and 1 of A and B; 2, 3 of task C
-    target_tasks = ["A", "B", "new"]
     ft = np.array(
         [
             [np.nan, 0.5, 0.9, 0.6],  # past draw of A: source 2 best
@@ -257,11 +256,26 @@ def test_history_remembers_what_transferred_to_similar_past_targets():
     )
     base = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [0.9, 0.1, 0.3, 0.4]])
     allowed = np.array([[0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]], dtype=bool)
-    got = history_scores(base, ft, allowed, target_tasks, model_tasks, [0, 1], [2], 1, 0.7)[0]
+    past, new = [0, 1], [2]
+
+    def scores(neighbours, weight):
+        return history_scores(
+            base[new],
+            allowed[new],
+            ft[past],
+            allowed[past],
+            ["A", "B"],
+            model_tasks,
+            ["new"],
+            neighbours,
+            weight,
+        )
+
+    got = scores(1, 0.7)[0]
     assert np.argmax(got) == 2  # A's best, though model 3 is more similar than model 2
-    plain = history_scores(base, ft, allowed, target_tasks, model_tasks, [0, 1], [2], 1, 0.0)
+    plain = scores(1, 0.0)
     assert np.argmax(plain[0]) == 0
-    both = history_scores(base, ft, allowed, target_tasks, model_tasks, [0, 1], [2], 2, 1.0)
+    both = scores(2, 1.0)
     assert both[0, 2] == pytest.approx(both[0, 3])  # A and B disagree: a tie
 
 

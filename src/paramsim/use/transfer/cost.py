@@ -127,17 +127,14 @@ def measure_costs(
             model_tasks = [str(t) for t in zoo.task_ids[ids]]
             past = sorted(set(model_tasks))
             outcomes = rng.random((len(past), len(ids)))  # a table's size; values don't matter
-            allowed = np.ones((len(past) + 1, len(ids)), dtype=bool)
+            allowed = np.ones((1, len(ids)), dtype=bool)
 
             def remembered():
-                s = weights_only(rule.base, ids)
-                base = np.vstack([s, np.zeros((len(past), len(ids)))])
-                ft = np.vstack([np.zeros((1, len(ids))), outcomes])
-                targets = ["new", *past]
-                rows = range(1, len(past) + 1)
-                return np.argmax(
-                    history.history_scores(base, ft, allowed, targets, model_tasks, rows, [0])
+                s = weights_only(rule.base, ids)[None]
+                got = history.history_scores(
+                    s, allowed, outcomes, np.ones_like(outcomes, bool), past, model_tasks
                 )
+                return np.argmax(got[0])
 
             return remembered, 0
         gallery = galleries.get(rule.base)

@@ -112,9 +112,8 @@ def evaluate_transfer(
     targets = list(range(len(names)))
     if cfg.targets is not None:  # "1 vs 0" names the task "0 vs 1"
         wanted = {canonical_name(t) for t in cfg.targets}
-        unknown = sorted(
-            t for t in cfg.targets if canonical_name(t) not in map(canonical_name, names)
-        )
+        known = {canonical_name(n) for n in names}
+        unknown = sorted(t for t in cfg.targets if canonical_name(t) not in known)
         if unknown:
             raise ParamsimError(f"unknown target tasks {unknown}; the zoo has {names}")
         targets = [t for t in targets if canonical_name(names[t]) in wanted]
@@ -453,19 +452,23 @@ def _history_scores(base, ft, candidates, instances, labels, names, fold) -> np.
     """`hist:BASE` for every draw, remembering only the draws of the same K whose target is
     in another fold: a target's own outcomes, and its fold's, never reach its scores."""
     S = np.full(ft.shape, np.nan)
-    target_tasks = [names[inst.task_id] for inst in instances]
+    targets = np.array([names[inst.task_id] for inst in instances])
+    shots = np.array([inst.shots for inst in instances])
+    in_fold = np.array([fold[t] for t in targets])
     model_tasks = [names[int(t)] for t in labels]
-    for k in sorted({inst.shots for inst in instances}):
-        for f in sorted(set(fold.values())):
-            rows = [
-                j for j, t in enumerate(target_tasks) if instances[j].shots == k and fold[t] == f
-            ]
-            past = [
-                j for j, t in enumerate(target_tasks) if instances[j].shots == k and fold[t] != f
-            ]
-            if rows:
+    for k in np.unique(shots):
+        for f in np.unique(in_fold):
+            rows = np.flatnonzero((shots == k) & (in_fold == f))
+            past = np.flatnonzero((shots == k) & (in_fold != f))
+            if len(rows):
                 S[rows] = history.history_scores(
-                    base, ft, candidates, target_tasks, model_tasks, past, rows
+                    base[rows],
+                    candidates[rows],
+                    ft[past],
+                    candidates[past],
+                    targets[past],
+                    model_tasks,
+                    targets[rows],
                 )
     return S
 

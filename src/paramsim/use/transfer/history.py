@@ -45,44 +45,44 @@ def zscore_rows(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def history_scores(
-    base: np.ndarray,
-    finetuned: np.ndarray,
-    candidates: np.ndarray,
-    target_tasks: Sequence[str],
+    similarity: np.ndarray,
+    allowed: np.ndarray,
+    past_outcomes: np.ndarray,
+    past_allowed: np.ndarray,
+    past_targets: Sequence[str],
     model_tasks: Sequence[str],
-    past_rows: Sequence[int],
-    rows: Sequence[int],
+    targets: Sequence[str] = (),
     neighbours: int = NEIGHBOURS,
     weight: float = HISTORY_WEIGHT,
 ) -> np.ndarray:
-    """Scores (len(rows), n_models) of `rows` from the outcomes of `past_rows` alone.
+    """Scores (q, n_models) of q new draws from the outcomes of p past draws alone.
 
-    base: (n_draws, n_models) BASE's similarity of each draw's probe to every model;
-    finetuned: (n_draws, n_models) fine-tuned accuracy (read only on `past_rows`);
-    candidates: which models each draw may pick; target_tasks: each draw's target task;
-    model_tasks: each model's task.
+    similarity, allowed: (q, n_models) BASE's similarity of each new draw's probe to every
+    model, and the models it may pick; past_outcomes, past_allowed: (p, n_models) fine-tuned
+    accuracy of the past draws and their candidates; past_targets: their target tasks;
+    model_tasks: each model's task; targets: the new draws' target tasks (a task is never its
+    own neighbour).
     """
-    rows, past_rows = list(rows), list(past_rows)
-    out = np.full((len(rows), base.shape[1]), np.nan)
-    mask = candidates[rows]
-    similarity = zscore_rows(base[rows], mask)
-    past_targets = np.asarray(target_tasks)[past_rows]
+    z_similarity = zscore_rows(similarity, allowed)
+    past_targets = np.asarray(past_targets)
     tasks = sorted(set(past_targets.tolist()))
     if not tasks:
-        out[:] = similarity
-        return out
-    outcome = zscore_rows(finetuned[past_rows], candidates[past_rows])
+        return np.where(allowed, z_similarity, np.nan)
+    outcome = zscore_rows(past_outcomes, past_allowed)
     table = np.stack([_nanmean(outcome[past_targets == t]) for t in tasks])
     of_task = np.asarray(model_tasks)[None, :] == np.asarray(tasks)[:, None]  # (T, n_models)
-    for i, j in enumerate(rows):
-        near = (of_task * np.nan_to_num(base[j])).sum(1) / np.maximum(of_task.sum(1), 1)
-        near[of_task.sum(1) == 0] = -np.inf  # no model to compare with: never a neighbour
-        near[np.asarray(tasks) == target_tasks[j]] = -np.inf  # never its own (not past anyway)
+    n_of_task = of_task.sum(1)
+    out = np.full(similarity.shape, np.nan)
+    for i in range(len(similarity)):
+        near = (of_task * np.nan_to_num(similarity[i])).sum(1) / np.maximum(n_of_task, 1)
+        near[n_of_task == 0] = -np.inf  # no model to compare with: never a neighbour
+        if i < len(targets):
+            near[np.asarray(tasks) == targets[i]] = -np.inf
         pick = np.flatnonzero(np.isfinite(near))
         pick = pick[np.argsort(-near[pick], kind="stable")][:neighbours]
         remembered = np.nan_to_num(_nanmean(table[pick]), nan=0.0)  # no past: average
-        remembered = zscore_rows(remembered[None], mask[i : i + 1])[0]
-        out[i] = weight * remembered + (1 - weight) * similarity[i]
+        remembered = zscore_rows(remembered[None], allowed[i : i + 1])[0]
+        out[i] = weight * remembered + (1 - weight) * z_similarity[i]
     return out
 
 

@@ -182,15 +182,12 @@ class TransferHistory:
         for j, r in enumerate(records):
             if r.id in column:
                 past[:, j] = self.finetuned[rows, column[r.id]]
-        n = len(rows)
-        base = np.vstack([similarity[None], np.zeros((n, len(records)))])
-        outcomes = np.vstack([np.full((1, len(records)), np.nan), past])
-        allowed = np.vstack([np.ones((1, len(records)), bool), np.isfinite(past)])
-        targets = ["(new)", *(self.target_tasks[i] for i in rows)]
         model_tasks = [r.task.name for r in records]
-        return history_scores(base, outcomes, allowed, targets, model_tasks, range(1, n + 1), [0])[
-            0
-        ]
+        past_targets = [self.target_tasks[i] for i in rows]
+        allowed = np.ones((1, len(records)), dtype=bool)
+        return history_scores(
+            similarity[None], allowed, past, np.isfinite(past), past_targets, model_tasks
+        )[0]
 
 
 def fine_tune(
