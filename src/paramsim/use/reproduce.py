@@ -14,8 +14,6 @@ inside a method (LPS included) stops the run, so a bug never reads as "skipped".
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -106,8 +104,7 @@ def _lps_state(cfg: ReproduceConfig) -> str:
         return got
     method = got.method
     settings = {"fit": method.fit_config.to_dict(), "config": method.config_overrides}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    return f"ok {digest.hexdigest()[:16]}"
+    return f"ok {settings_key(settings)}"
 
 
 def _similarities(names: Sequence[str], cfg: ReproduceConfig, skipped: dict[str, str]):
