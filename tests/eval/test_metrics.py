@@ -192,3 +192,26 @@ def test_lps_early_stopping_and_the_protocol_share_one_average_precision():
     assert retrieval_map(emb, labels) == pytest.approx(
         metrics.retrieval(cosine_matrix(emb), labels, range(12), range(12)).map
     )
+
+
+# --- mean and std over splits: one usable split has no spread to report
+
+
+def test_std_of_one_split_is_undefined_not_zero():
+    import math
+
+    from paramsim.eval.scoring import mean_std
+
+    assert math.isnan(mean_std([0.7])["std"])
+
+
+def test_std_when_all_but_one_split_is_nan_is_undefined():
+    import math
+
+    from paramsim.eval.scoring import mean_std
+
+    got = mean_std([0.7, float("nan"), float("nan")])
+
+    from paramsim.eval.scoring import mean_std
+
+    assert got["mean"] == 0.7 and math.isnan(got["std"])

@@ -188,6 +188,11 @@ def _fit(method: Method, sp: Split, setup: _Setup) -> Method:
     """A fresh copy of `method` fitted on the split's training models (and allowed extras)."""
     nets, mtasks = setup.networks, setup.model_tasks
     fitted = copy.deepcopy(method)
+    if hasattr(fitted, "exclude_tasks"):
+        # models a method adds by itself (LPS: its auxiliary zoo, its extra_zoo) must not be
+        # of the split's held-out or validation tasks either; naming them passes no data
+        barred = dict.fromkeys(mtasks[i] for i in (*sp.test_ids, *sp.val_ids))
+        fitted.exclude_tasks = [*(fitted.exclude_tasks or []), *barred]
     train_n = [nets[i] for i in sp.train_ids]
     train_t = [mtasks[i] for i in sp.train_ids]
     if setup.extra is not None:

@@ -59,11 +59,11 @@ def score_split(
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for one split) ignoring NaN."""
+    """Mean and sample standard deviation (ddof=1; NaN for one split) ignoring NaN."""
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
     if v.size == 0:
         return {"mean": float("nan"), "std": float("nan")}
-    std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    std = float(v.std(ddof=1)) if v.size > 1 else float("nan")
     return {"mean": float(v.mean()), "std": std}
 
 

@@ -84,7 +84,9 @@ class LPSMethod(Method):
 
     `extra_zoo` (a zoo directory, e.g. digits-groups, or a list of them) adds training models;
     models whose task could be a held-out task are dropped (see
-    `paramsim.lps.fit.filter_extra`), and `exclude_tasks` names tasks that must never train.
+    `paramsim.lps.fit.filter_extra`), and so are models of a task with a class the training
+    tasks leave out, as for the auxiliary zoo. `exclude_tasks` names tasks that must never
+    train; `paramsim.eval` sets it to each split's held-out and validation tasks.
     """
 
     learned = True
@@ -146,6 +148,10 @@ class LPSMethod(Method):
         for path in paths:
             more_n, more_t = zoo_training_set(path)
             extra_n, extra_t = [*extra_n, *more_n], [*extra_t, *more_t]
+        if extra_n:  # like the auxiliary zoo: no class the training tasks leave out
+            from paramsim.lps.auxiliary import usable_auxiliary
+
+            extra_n, extra_t = usable_auxiliary(extra_n, extra_t, tasks)
         probe_images = None
         cfg = self._config(networks)
         if context is not None and context.zoo:
