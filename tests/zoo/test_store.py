@@ -131,3 +131,21 @@ def test_cli_info_json_and_errors(tiny_zoo, capsys, tmp_path):
     assert main(["zoo", "export", str(tiny_zoo), "99", "--out", str(tmp_path / "m.pt")]) == 2
     assert main(["zoo", "export", str(tiny_zoo), "0", "--out", str(tmp_path / "m.bin")]) == 2
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_resuming_a_zoo_whose_recipe_now_draws_other_tasks_is_refused(tmp_path, monkeypatch):
+    """Equal settings, other drawn tasks (group tasks drawn by another paramsim version): a
+    resume would file new models under the old task names, so it is refused."""
+    import paramsim.zoo.recipes as recipes
+    from paramsim.data import group_tasks
+
+    recipe = RECIPES["digits-pairs"].with_overrides(
+        tasks="groups:2", models_per_task=1, steps=(5, 5), shard_size=1
+    )
+    out = build_zoo(recipe, tmp_path / "groups", progress=False)
+    build_zoo(recipe, out, progress=False)  # the same draw resumes (nothing left to do)
+    monkeypatch.setattr(
+        recipes, "group_tasks", lambda n, k, seed=0: group_tasks(n, k, seed=seed + 1)
+    )
+    with pytest.raises(ParamsimError, match="other tasks than this recipe plans now"):
+        build_zoo(recipe, out, progress=False)

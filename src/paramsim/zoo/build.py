@@ -346,6 +346,14 @@ def _write_shard(
         conn.executemany(f"INSERT OR REPLACE INTO models ({MODEL_COLUMNS}) VALUES ({marks})", rows)
 
 
+def _first_difference(stored: list[tuple[int, str]], tasks) -> str:
+    planned = [(i, t.name) for i, t in enumerate(tasks)]
+    for (i, old), (_, new) in zip(stored, planned, strict=False):
+        if old != new:
+            return f"task {i} is {old!r} there, {new!r} now"
+    return f"{len(stored)} tasks there, {len(planned)} now"
+
+
 def _write_meta(conn, out: Path, meta: dict, tasks) -> None:
     try:
         existing = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
@@ -368,6 +376,14 @@ def _write_meta(conn, out: Path, meta: dict, tasks) -> None:
             raise ParamsimError(
                 f"{out} holds a zoo built with other settings (recipe {existing.get('recipe')!r}, "
                 f"seed {existing.get('seed')!r}); use another --out or delete it"
+            )
+        # equal settings can still draw other tasks (a recipe of drawn group tasks, read by
+        # another paramsim version): resuming would file new models under the old task names
+        stored = [(i, name) for i, name, _ in conn.execute("SELECT * FROM tasks ORDER BY 1")]
+        if stored != [(i, t.name) for i, t in enumerate(tasks)]:
+            raise ParamsimError(
+                f"{out} holds a zoo of other tasks than this recipe plans now (its first "
+                f"differing task: {_first_difference(stored, tasks)}); use another --out"
             )
         return
     with conn:
