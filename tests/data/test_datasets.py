@@ -131,3 +131,13 @@ def test_task_subset_relabels_by_side():
     y = torch.tensor([3, 7, 1, 4, 7, 0])
     xs, ys = t.subset(x, y)
     assert xs.tolist() == [0, 1, 3, 4] and ys.tolist() == [0, 1, 0, 1]
+
+
+def test_group_tasks_draw_each_task_once_in_either_side_order():
+    """{a,b} vs {c} and {c} vs {a,b} are one task (`task_key`), so a zoo of drawn group
+    tasks holds no swapped twin (which transfer refuses and eval merges)."""
+    from paramsim.data import group_tasks, task_key
+
+    tasks = group_tasks(10, 300, seed=0)
+    assert len(tasks) == 300
+    assert len({task_key(t) for t in tasks}) == 300

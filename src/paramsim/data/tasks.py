@@ -123,11 +123,11 @@ def group_tasks(n_classes: int, n_tasks: int, seed: int = 0) -> list[Task]:
         if a + b > n_classes:
             continue
         drawn = rng.sample(range(n_classes), a + b)
-        sides = (tuple(sorted(drawn[:a])), tuple(sorted(drawn[a:])))
-        if sides in seen:
+        task = Task((tuple(sorted(drawn[:a])), tuple(sorted(drawn[a:]))))
+        if task_key(task) in seen:  # {a,b} vs {c} is {c} vs {a,b}: one task, drawn once
             continue
-        seen.add(sides)
-        tasks.append(Task(sides))
+        seen.add(task_key(task))
+        tasks.append(task)
     return tasks
 
 

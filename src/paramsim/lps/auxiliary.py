@@ -71,7 +71,14 @@ def auxiliary_dir(zoo_dir: str | Path, n_tasks: int, models_per_task: int) -> Pa
     zoo = Zoo.open(zoo_dir)
     rec = auxiliary_recipe(zoo, n_tasks, models_per_task)
     key = json.dumps(
-        {"recipe": rec.__dict__, "seed": zoo.meta.get("seed"), "dataset": zoo.meta["dataset"]},
+        {
+            "recipe": rec.__dict__,
+            "seed": zoo.meta.get("seed"),
+            "dataset": zoo.meta["dataset"],
+            # 2: group tasks drawn without swapped twins (session 17); an older zoo drew
+            # other tasks for the same settings and must not be resumed or reused
+            "draw": 2,
+        },
         sort_keys=True,
         default=list,
     )
