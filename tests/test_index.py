@@ -266,3 +266,16 @@ def test_tuned_and_selector_searches_survive_faiss_torch_utils(monkeypatch):
     assert idx.search(x[:3], 5, ef_search=8)[1].shape == (3, 5)
     _, ids = idx.search(x[:3], 5, tasks=["a"])
     assert ids.shape == (3, 5) and (ids % 2 == 1).all()
+
+
+def test_task_filter_finds_both_side_orders():
+    """--task matches a task whatever side order names it: "0 vs 1" and "1 vs 0" are one
+    task (`task_key`), and an index may hold zoos that name it either way."""
+    x = np.eye(4, dtype=np.float32)
+    idx = EmbeddingIndex(4)
+    idx.add(x, [10, 11, 12, 13], tasks=["0 vs 1", "1 vs 0", "2 vs 3", "5+7 vs 1+2"])
+    for name in ("0 vs 1", "1 vs 0"):
+        _, ids = idx.search(x[:1], 10, tasks=[name])
+        assert sorted(ids[0].tolist()) == [10, 11], name
+    _, ids = idx.search(x[:1], 10, tasks=["2+1 vs 7+5"])
+    assert ids[0].tolist() == [13]

@@ -96,20 +96,21 @@ def _file_item(path: Path) -> Item:
 def _walk(root: Path) -> list[Item]:
     """Zoos and checkpoint files under `root`, in sorted path order; a zoo is not entered,
     hidden names (temporary files of atomic writes) and symlinked directories are skipped."""
-    out: list[Item] = []
+    found: list[tuple[tuple[str, ...], list[Item]]] = []  # (path below root, its models)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
-        dirnames.sort()
         zoos = [d for d in dirnames if not d.startswith(".") and _is_zoo(here / d)]
-        for d in dirnames:
-            if d in zoos:
-                out += _zoo_items(here / d)
+        for d in zoos:
+            found.append(((here / d).relative_to(root).parts, _zoo_items(here / d)))
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in zoos]
-        for f in sorted(filenames):
+        for f in filenames:
             p = here / f
             if not f.startswith(".") and f.endswith(CHECKPOINT_SUFFIXES) and p.is_file():
-                out.append(_file_item(p))
-    return out
+                found.append((p.relative_to(root).parts, [_file_item(p)]))
+    # os.walk gives a directory's files before its subdirectories' (c.pt before a/x.pt):
+    # sort the whole list, component by component, so the order is the documented one
+    found.sort(key=lambda entry: entry[0])
+    return [it for _, items in found for it in items]
 
 
 def collect_items(sources: Sequence[str]) -> list[Item]:

@@ -263,13 +263,20 @@ class EmbeddingIndex:
             return None
         keep = np.ones(len(self.ids), dtype=bool)
         if tasks:
-            codes = [self._tasks._code.get(str(t)) for t in tasks]
-            missing = [t for t, c in zip(tasks, codes, strict=True) if c is None]
-            if missing:
-                known = ", ".join(repr(n) for n in sorted(self._tasks.names)[:8] if n)
-                raise ParamsimError(
-                    f"no stored model has task {missing[0]!r}; tasks look like {known or '(none)'}"
-                )
+            from paramsim.data.tasks import canonical_name
+
+            # "1 vs 0" is the task "0 vs 1": match every stored name of it, either side order
+            stored = [canonical_name(n) if n else "" for n in self._tasks.names]
+            codes = []
+            for t in tasks:
+                want = canonical_name(str(t))
+                hit = [i for i, n in enumerate(stored) if n and n == want]
+                if not hit:
+                    known = ", ".join(repr(n) for n in sorted(self._tasks.names)[:8] if n)
+                    raise ParamsimError(
+                        f"no stored model has task {t!r}; tasks look like {known or '(none)'}"
+                    )
+                codes += hit
             keep &= np.isin(self._task, np.asarray(codes, dtype=np.int32))
         if archs:
             codes = []

@@ -209,3 +209,17 @@ def test_parts_digest_changes_when_a_checkpoint_is_replaced(tiny_zoo, tmp_path):
         assert items_digest(items, "sha", 3) == now  # the models did not change
     finally:
         (tiny_zoo / "auxiliary-like-extra").rmdir()
+
+
+def test_directory_models_come_in_sorted_path_order(tmp_path):
+    """`paramsim embed DIR` writes one row per model in sorted path order: the rows carry no
+    names, so that order is the only way to tell them apart (os.walk lists a directory's
+    files before its subdirectories')."""
+    from paramsim.embed_bulk import collect_items
+
+    for rel in ("0.pt", "a/x.pt", "b/y.pt", "c.pt", "b/a/z.pt"):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")  # only listed here, never loaded
+    got = [it.source for it in collect_items([str(tmp_path)])]
+    assert got == sorted(str(p.resolve()) for p in tmp_path.rglob("*.pt"))

@@ -324,3 +324,51 @@ def test_targets_are_matched_in_either_side_order(use_zoo):
     assert {i["task"] for i in res["instances"]} == {task.name}
     with pytest.raises(ParamsimError, match="unknown target tasks"):
         evaluate_transfer(use_zoo, sims, TransferConfig(**QUICK, targets=("7 vs 9",)))
+
+
+def test_an_excluded_task_named_with_swapped_sides_is_dropped(use_zoo):
+    """select_sources(exclude_tasks=...) drops a task's models whatever side order names it,
+    as the history's exclusion and --targets do; a task the zoo lacks is an error."""
+    from paramsim.use.transfer import kshot, select_sources
+
+    x, y = kshot(use_zoo.tasks[0], use_zoo.dataset(), 5, (1, 5, 0, 0))
+    assert use_zoo.tasks[0].name == "0 vs 1"
+    for select in ("model", "task"):
+        got = select_sources(
+            use_zoo, "gram1", x.numpy(), y.numpy(), k=len(use_zoo),
+            exclude_tasks=["1 vs 0"], select=select,
+        )  # fmt: skip
+        assert all(g["task"] != "0 vs 1" for g in got), select
+        assert len(got) == len(use_zoo) - 3
+    with pytest.raises(ParamsimError, match="exclude"):
+        select_sources(use_zoo, "gram1", x.numpy(), y.numpy(), exclude_tasks=["0 vs 9"])
+
+
+def test_a_failed_matrices_write_leaves_the_old_transfer_json(tmp_path, monkeypatch):
+    """transfer.json (the cache key reproduce trusts, and what TransferHistory pairs with the
+    matrices) is committed only after the matrices it describes."""
+    from paramsim.use._common import read_cached
+    from paramsim.use.transfer import write_transfer
+    from paramsim.use.transfer.config import MATRICES, MATRICES_FILE
+
+    def results(value: float) -> dict:
+        return {
+            "methods": {},
+            "baselines": {},
+            "instances": [{"task": "0 vs 1", "shots": 1, "repeat": 0, "scratch": 0.5}],
+            MATRICES: {"model_ids": np.arange(2), "finetuned": np.full((1, 2), value)},
+        }
+
+    out = tmp_path / "transfer"
+    write_transfer(results(0.1), out, key="old")
+
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez_compressed", boom)
+    with pytest.raises(OSError):
+        write_transfer(results(0.9), out, key="new")
+    assert read_cached(out / "transfer.json", "new") is None
+    with np.load(out / MATRICES_FILE) as m:
+        assert m["finetuned"][0, 0] == pytest.approx(0.1)
+    assert json.loads((out / "transfer.json").read_text())["settings_key"] == "old"

@@ -80,8 +80,15 @@ def select_sources(
     sim = load_similarity(method=method) if isinstance(method, str) else method
     if sim.learned and sim.seen_tasks is None:
         raise ParamsimError(f"{sim.name} is learned and not fitted; pass a saved model instead")
+    # "1 vs 0" names the task "0 vs 1", as for --targets and the history's own exclusion
+    drop = {canonical_name(t) for t in exclude_tasks}
+    unknown = sorted(drop - {canonical_name(t) for t in zoo.tasks})
+    if unknown:
+        raise ParamsimError(
+            f"cannot exclude {unknown}: not tasks of the zoo ({[t.name for t in zoo.tasks]})"
+        )
     probe = from_module(train_probe(zoo, x, y, seed), input_shape=majority_arch(zoo).input_shape)
-    records = [r for r in zoo.records if r.task.name not in set(exclude_tasks)]
+    records = [r for r in zoo.records if canonical_name(r.task) not in drop]
     ids = [r.id for r in records]
     S = cross_similarity(sim.method, [probe], zoo.networks(ids), Context(seed=seed))[0]
     tasks = np.asarray([r.task_id for r in records])

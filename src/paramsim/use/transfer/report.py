@@ -209,12 +209,13 @@ def write_transfer(
     if key is not None:
         doc["settings_key"] = key
     png = plot_transfer(doc)
-    write_json(out / "transfer.json", doc)
-    written = {"transfer.json": out / "transfer.json"}
-    if matrices:
+    written: dict[str, Path] = {}
+    if matrices:  # first: transfer.json (a cache key, the matrices' row labels) commits them
         written[MATRICES_FILE] = out / MATRICES_FILE
         with atomic_path(written[MATRICES_FILE]) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **matrices)
+    write_json(out / "transfer.json", doc)
+    written = {"transfer.json": out / "transfer.json", **written}
     if png is not None:
         atomic_write(out / "transfer.png", png)
         written["transfer.png"] = out / "transfer.png"
