@@ -68,7 +68,8 @@ def select_sources(
     "model" order is the `hist:` rule's: how each model fine-tuned to the 10 past targets most
     like the probe, mixed with its similarity (`paramsim.use.transfer.history`). Returns
     dicts with model id, task, similarity and task_similarity (and history_score), best
-    first.
+    first. `exclude_tasks` names tasks whose models are never offered (as if the probe's task
+    were new), in either side order ("1 vs 0" is "0 vs 1"); a name the zoo lacks is an error.
     """
     from paramsim.use._common import load_similarity
     from paramsim.weights import from_module
