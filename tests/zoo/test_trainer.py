@@ -93,3 +93,24 @@ def test_accuracies_match_the_exported_module():
         module.load_state_dict(stack.state_dict(i))
         x, y = plan.task.test_data(DIGITS)
         assert (module(x).argmax(1) == y).float().mean().item() == pytest.approx(acc[i])
+
+
+def test_task_data_pools_rows_without_copying_images():
+    """A shard's pool refers to the data set's images by row, so a shard of many group tasks
+    costs index memory, not a copy of each task's images; pool row i is example i of its
+    task's own data."""
+    from paramsim.data import Task
+
+    tasks = {0: Task(((0,), (1,))), 3: Task(((2, 5), (7,)))}
+    data = TaskData.build(DIGITS, tasks)
+    assert data.x_train.data_ptr() == DIGITS.x_train.data_ptr()
+    assert data.x_test.data_ptr() == DIGITS.x_test.data_ptr()
+    for tid, task in tasks.items():
+        for split, slices, own in (
+            ("train", data.train_slices, task.train_data(DIGITS)),
+            ("test", data.test_slices, task.test_data(DIGITS)),
+        ):
+            start, stop = slices[tid]
+            x_all, index, y_all = data.inputs(split)
+            assert torch.equal(x_all[index[start:stop]], own[0])
+            assert torch.equal(y_all[start:stop], own[1])

@@ -31,14 +31,20 @@ class Task:
         """Ground-truth relation: how many classes two tasks have in common."""
         return len(self.classes & other.classes)
 
-    def subset(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The examples of this task's classes, relabelled by side."""
+    def rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which examples of a split (by their class labels `y`) this task reads, in split
+        order, and their side labels: the task's data without copying any input."""
         label = torch.full_like(y, -1)
         for k, side in enumerate(self.sides):
             for c in side:
                 label[y == c] = k
-        keep = label >= 0
-        return x[keep], label[keep]
+        keep = torch.nonzero(label >= 0).squeeze(1)
+        return keep, label[keep]
+
+    def subset(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples of this task's classes, relabelled by side."""
+        rows, side = self.rows(y)
+        return x[rows], side
 
     def train_data(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         return self.subset(ds.x_train, ds.y_train)

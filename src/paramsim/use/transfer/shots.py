@@ -14,14 +14,9 @@ from paramsim.errors import ParamsimError
 
 
 def task_rows(task: Task, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a split that belong to `task` and their side labels, in the order of
-    `Task.subset` (so row i here is example i of `task.train_data`), without copying inputs."""
-    side = np.full(len(labels), -1)
-    y = labels.numpy()
-    for k, classes in enumerate(task.sides):
-        side[np.isin(y, classes)] = k
-    rows = np.flatnonzero(side >= 0)
-    return rows, side[rows]
+    """`Task.rows` as numpy arrays: row i here is example i of `task.train_data`."""
+    rows, side = task.rows(labels)
+    return rows.numpy(), side.numpy()
 
 
 def kshot_rows(task: Task, dataset: Dataset, k: int, seed: Sequence[int]) -> np.ndarray:
