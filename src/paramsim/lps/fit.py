@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,9 @@ class LPS:
         gen = torch.Generator().manual_seed(seed)
         networks, tasks = list(networks), list(tasks)
         if val is None and fc.val_fraction > 0:
-            keys = sorted({task_key(t) for t in tasks})
+            # only tasks with a same-task pair can be validated (one model gives no mAP)
+            counts = Counter(task_key(t) for t in tasks)
+            keys = sorted(k for k, c in counts.items() if c >= 2)
             n_val = int(round(len(keys) * fc.val_fraction))
             if len(keys) - n_val >= 2 and n_val >= 2:
                 chosen = {keys[i] for i in rng.choice(len(keys), n_val, replace=False)}
@@ -165,9 +168,11 @@ class LPS:
         val_pool = None
         if val is not None and len(val[0]):
             vk: dict = {}
-            val_pool = TrainingPool.build(
-                val[0], [vk.setdefault(task_key(t), len(vk)) for t in val[1]]
-            ).to(dev)
+            vlabels = [vk.setdefault(task_key(t), len(vk)) for t in val[1]]
+            # validation mAP needs a task with two models; without one it is NaN, no epoch
+            # would beat epoch 0 and the untrained network would be kept: keep the last epoch
+            if max(np.bincount(vlabels)) >= 2:
+                val_pool = TrainingPool.build(val[0], vlabels).to(dev)
 
         loss_fn, extra_mod = make_metric_loss(fc, len(keys), cfg.out_dim, gen)
         if extra_mod is not None:
@@ -360,8 +365,9 @@ def _read_doc(cfile: Path) -> dict:
             raise ParamsimError(f"{cfile} is larger than an LPS config can be; refit the model")
         # bare NaN from older saves reads as None; config fields then fail their type check
         doc = json.loads(cfile.read_text(), parse_constant=lambda _name: None)
-    except (OSError, ValueError) as exc:
-        raise ParamsimError(f"cannot read {cfile}: {exc}; refit the model") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        why = " ".join(str(exc).split())[:200]
+        raise ParamsimError(f"cannot read {cfile}: {why}; refit the model") from exc
     if not isinstance(doc, dict) or doc.get("format") != "paramsim-lps":
         raise ParamsimError(f"{cfile} is not a paramsim LPS config; refit the model")
     version = doc.get("format_version")

@@ -178,9 +178,9 @@ class LPSNet(nn.Module):
                         f"probe start images have shape {tuple(probe_images.shape[1:])}; "
                         f"this LPS model reads {(c, h, w)}"
                     )
-                k = min(len(probe_images), cfg.n_probes)
+                n_img = min(len(probe_images), cfg.n_probes)  # not `k`: the output count
                 # inside (0, 1), so the sigmoid's inverse is finite and its slope not vanishing
-                u[:k] = probe_images[:k].to(u.dtype).clamp(PROBE_MARGIN, 1 - PROBE_MARGIN)
+                u[:n_img] = probe_images[:n_img].to(u.dtype).clamp(PROBE_MARGIN, 1 - PROBE_MARGIN)
             self.probes_raw = nn.Parameter(torch.log(u / (1 - u)))
             p = cfg.n_probes
             if cfg.probe_logits and cfg.set_readout:

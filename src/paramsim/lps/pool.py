@@ -82,12 +82,14 @@ def augment(
             units = ws[i].shape[1]
             a = torch.exp((torch.rand(m, units, generator=gen) * 2 - 1) * cfg.rescale_aug)
             a = a.to(ws[i].device)  # drawn on the CPU: the same draws on every device
+            nxt = ws[i + 1]
+            if nxt.shape[2] % units:  # the next layer does not read these units one by one
+                continue
             ws[i] = ws[i] * a.reshape(m, units, *([1] * (ws[i].dim() - 2)))
             bs[i] = bs[i] * a
-            nxt = ws[i + 1]
-            if nxt.shape[2] != units:  # conv -> flatten -> linear is not rescaled here
-                continue
-            ws[i + 1] = nxt / a.reshape(m, 1, units, *([1] * (nxt.dim() - 3)))
+            # (M, out, units, rest): rest is k*k after a conv, H*W after conv -> flatten
+            view = nxt.reshape(m, nxt.shape[1], units, -1) / a[:, None, :, None]
+            ws[i + 1] = view.reshape(nxt.shape)
     if cfg.noise_aug > 0:
         for i, w in enumerate(ws):
             std = w.flatten(1).std(dim=1).reshape(m, *([1] * (w.dim() - 1)))
