@@ -208,3 +208,23 @@ def test_batches_pair_each_task_across_architecture_kinds():
     off = FitConfig(**{**fc.to_dict(), "balance_kinds": False})
     counts = [kinds[b].sum() for b in task_batches(labels, off, np.random.default_rng(0), kinds)]
     assert np.mean(counts) < 4  # random picks: about 0.8 CNN per task, 2.4 per batch
+
+
+def test_objective_tiebreak_adds_the_validation_tasks_relation_loss():
+    from paramsim.lps import relation_loss
+
+    nets, tasks = proto_zoo(4, 3)
+    vn, _ = proto_zoo(3, 3, seed=1)
+    vt = [_task(7, 9)] * 3 + [_task(2, 9)] * 3 + [_task(3, 4)] * 3  # relations 1, 0, 0
+    base = {**FAST.to_dict(), "epochs": 1}
+    plain = LPS(CFG, FitConfig(**base)).fit(nets, tasks, val=(vn, vt))
+    objective = FitConfig(**{**base, "val_tiebreak": "objective"})
+    full = LPS(CFG, objective).fit(nets, tasks, val=(vn, vt))
+    # epoch 0 scores the untrained network, the same for both: only the tie-break differs
+    with torch.no_grad():
+        start = LPSNet(CFG, seed=FAST.seed).eval()(vn)
+    shared = torch.tensor([[2.0, 1, 0], [1, 2, 0], [0, 0, 2]])
+    rel = float(relation_loss(start, torch.arange(3).repeat_interleave(3), shared))
+    assert rel > 0.01
+    got = [m.meta["history"][0]["val_loss"] for m in (plain, full)]
+    assert got[1] == pytest.approx(got[0] + FAST.relation_weight * rel, abs=1e-4)

@@ -252,6 +252,9 @@ class FitConfig:
     # 30 (the validation mAP saturates early; its loss tie-break kept fits going)
     epochs: int = _int(15, 1, 10_000)
     patience: int = _int(6, 1, 10_000)  # epochs without a better validation mAP before stopping
+    # what breaks ties of the validation mAP (frequent at 1.0): "supcon", the contrastive loss
+    # on the validation tasks, or "objective", that plus relation_weight x their relation loss
+    val_tiebreak: str = _choice("supcon", "supcon", "objective")
     lr: float = _float(1e-3, 0.0, 10.0, lo_open=True)
     lr_probes: float = _float(0.1, 0.0, 10.0)
     weight_decay: float = _float(1e-4, 0.0, 10.0)

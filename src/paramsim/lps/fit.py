@@ -65,6 +65,14 @@ def filter_extra(
 # --------------------------------------------------------------------------- the model
 
 
+def shared_classes(keys: Sequence, device: torch.device) -> torch.Tensor:
+    """How many classes each two tasks (task keys, in label order) have in common."""
+    classes = [set().union(*map(set, k)) for k in keys]
+    return torch.tensor(
+        [[len(a & b) for b in classes] for a in classes], dtype=torch.float32, device=device
+    )
+
+
 @dataclass
 class LPS:
     """A learned similarity over trained networks: fit on tasks, embed any model, save/load.
@@ -159,13 +167,8 @@ class LPS:
                 "--models-per-task 2 or more, or add --extra-zoo)"
             )
         pool = TrainingPool.build(all_nets, labels).to(dev)
-        key_classes = [set().union(*map(set, k)) for k in keys]
-        shared = torch.tensor(
-            [[len(a & b) for b in key_classes] for a in key_classes],
-            dtype=torch.float32,
-            device=dev,
-        )
-        val_pool = None
+        shared = shared_classes(list(keys), dev)
+        val_pool = val_shared = None
         if val is not None and len(val[0]):
             vk: dict = {}
             vlabels = [vk.setdefault(task_key(t), len(vk)) for t in val[1]]
@@ -173,6 +176,7 @@ class LPS:
             # would beat epoch 0 and the untrained network would be kept: keep the last epoch
             if max(np.bincount(vlabels)) >= 2:
                 val_pool = TrainingPool.build(val[0], vlabels).to(dev)
+                val_shared = shared_classes(list(vk), dev)
 
         loss_fn, extra_mod = make_metric_loss(fc, len(keys), cfg.out_dim, gen)
         if extra_mod is not None:
@@ -194,7 +198,10 @@ class LPS:
             with torch.no_grad():
                 net.eval()
                 e, _ = embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
-                vl = float(val_loss(e, torch.as_tensor(val_pool.labels, device=dev)))
+                vlab = torch.as_tensor(val_pool.labels, device=dev)
+                vl = float(val_loss(e, vlab))
+                if fc.val_tiebreak == "objective" and fc.relation_weight > 0:
+                    vl += fc.relation_weight * float(relation_loss(e, vlab, val_shared))
                 net.train()
             return retrieval_map(e.cpu().numpy(), val_pool.labels), vl
 
