@@ -141,3 +141,19 @@ def test_group_tasks_draw_each_task_once_in_either_side_order():
     tasks = group_tasks(10, 300, seed=0)
     assert len(tasks) == 300
     assert len({task_key(t) for t in tasks}) == 300
+
+
+def test_tasks_on_a_class_without_examples_are_refused():
+    """Labels 1..3 make 4 classes; class 0 has no image, so a task on it is one-sided."""
+    from paramsim.data import Dataset, check_tasks_have_examples
+
+    x = torch.zeros(6, 1, 2, 2)
+    y = torch.tensor([1, 2, 3, 1, 2, 3])
+    ds = Dataset("gappy", x, y, x[:3], torch.tensor([1, 2, 2]), 4)
+    check_tasks_have_examples(
+        [Task.parse("1-2"), Task.parse("1+2v3")], Dataset(**{**ds.__dict__, "y_test": y})
+    )
+    with pytest.raises(ParamsimError, match="no training example of class 0"):
+        check_tasks_have_examples(pair_tasks(4), ds)
+    with pytest.raises(ParamsimError, match="no test example of class 3"):
+        check_tasks_have_examples([Task.parse("1-3")], ds)

@@ -92,3 +92,22 @@ def test_fashion_recipe_without_the_package_says_how_to_install_it(tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert "apt-get install dataset-fashion-mnist" in err and "--data-dir" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "z").exists()
+
+
+def test_idx_pairs_refuses_tasks_on_a_class_without_images(tmp_path, capsys):
+    """IDX labels 1..3 (letters-style) give 4 classes: "0 vs 1" would train on class 1
+    alone and record a perfect model; the build is refused before anything is written."""
+    from synthetic_files import write_idx
+
+    data = tmp_path / "idx"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(data / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 5, 5), np.uint8))
+        write_idx(data / f"{prefix}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 3 + 1)
+    out = tmp_path / "zoo"
+    args = ["zoo", "build", "idx-pairs", "--out", str(out), "--data-dir", str(data), "--quiet"]
+    assert main([*args, "--tasks", "0-1", "--models-per-task", "1"]) != 0
+    assert "no training example of class 0" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*args, "--tasks", "1-2", "--models-per-task", "1"]) == 0

@@ -4,6 +4,7 @@ from paramsim.data.datasets import Dataset, load_cifar, load_dataset, load_digit
 from paramsim.data.tasks import (
     Task,
     canonical_name,
+    check_tasks_have_examples,
     group_tasks,
     pair_tasks,
     relation_matrix,
@@ -14,6 +15,7 @@ __all__ = [
     "Dataset",
     "Task",
     "canonical_name",
+    "check_tasks_have_examples",
     "group_tasks",
     "load_cifar",
     "load_dataset",

@@ -137,6 +137,28 @@ def group_tasks(n_classes: int, n_tasks: int, seed: int = 0) -> list[Task]:
     return tasks
 
 
+def check_tasks_have_examples(tasks: Iterable[Task], dataset: Dataset) -> None:
+    """Refuse a task with a class that has no example in the training or the test split.
+
+    A data set's class count is its largest label plus one, so a label set with gaps (IDX
+    files labelled 1..26) names classes without any image. A task on such a class would
+    train a model on one side only and record it as perfect on the other side's absence.
+    """
+    present = {
+        split: set(torch.unique(y).tolist())
+        for split, y in (("training", dataset.y_train), ("test", dataset.y_test))
+    }
+    for task in tasks:
+        for split, classes in present.items():
+            missing = sorted(task.classes - classes)
+            if missing:
+                raise ParamsimError(
+                    f"task {task.name}: data set {dataset.name} has no {split} example of "
+                    f"class {', '.join(map(str, missing))}; choose tasks of the classes it "
+                    "holds (--tasks 1-2,3-4)"
+                )
+
+
 def relation_matrix(tasks: Sequence[Task]) -> torch.Tensor:
     """Number of shared classes for every pair of tasks."""
     n = len(tasks)

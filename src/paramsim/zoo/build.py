@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from paramsim.atomic import check_output_dir
-from paramsim.data import Dataset, load_dataset
+from paramsim.data import Dataset, check_tasks_have_examples, load_dataset
 from paramsim.errors import ParamsimError
 from paramsim.zoo.recipes import Recipe
 from paramsim.zoo.store import (
@@ -238,6 +238,7 @@ def build_zoo(
     check_out(out)
     dataset = load_dataset(recipe.dataset, data_dir)
     tasks, plans = recipe.plan(dataset.n_classes, dataset.input_shape, seed)
+    check_tasks_have_examples(tasks, dataset)
     if not plans:
         raise ParamsimError("the recipe plans no models; check --tasks and --models-per-task")
     shards = plan_shards(plans, recipe.shard_size)
