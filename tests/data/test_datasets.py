@@ -157,3 +157,19 @@ def test_tasks_on_a_class_without_examples_are_refused():
         check_tasks_have_examples(pair_tasks(4), ds)
     with pytest.raises(ParamsimError, match="no test example of class 3"):
         check_tasks_have_examples([Task.parse("1-3")], ds)
+
+
+def test_cifar_batch_with_more_labels_than_images_is_refused(tmp_path):
+    """Batches are concatenated: one extra label in data_batch_1 would pair every image of
+    data_batch_2..5 with its neighbour's label."""
+    rng = np.random.default_rng(0)
+    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
+        n_labels = 5 if i == 0 else 4
+        batch = {
+            b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, n_labels)),
+        }
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f)
+    with pytest.raises(ParamsimError, match="data_batch_1 holds 4 images"):
+        load_cifar(tmp_path, 10)

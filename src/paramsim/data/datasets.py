@@ -173,6 +173,12 @@ def load_cifar(directory: str | Path, n_classes: int = 100) -> Dataset:
                 )
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[label_key], dtype=np.int64))
+            if ys[-1].ndim != 1 or len(ys[-1]) != len(xs[-1]):
+                # concatenated, a count that differs would shift every later file's labels
+                raise ParamsimError(
+                    f"{path} holds {len(xs[-1])} images and {ys[-1].shape} labels; "
+                    "expected one label per image"
+                )
         out[split] = (np.concatenate(xs), np.concatenate(ys))
     (x_tr, y_tr), (x_te, y_te) = out["train"], out["test"]
     return Dataset(
