@@ -252,3 +252,16 @@ def test_gram_size_guard() -> None:
     m = get_method("gram1")
     m.max_rows = 8
     assert "max_rows" in m.check(nets)
+
+
+def test_gram1_of_a_cnn_pooled_after_its_first_conv_is_the_kernel_gram() -> None:
+    """Pooling after conv 1 is no part of W_1: gram1 is W_1^T W_1 with kernels as
+    (out, in * k * k), and such a CNN compares with one that pools elsewhere."""
+    pooled = _nets(ArchSpec("cnn", (2, 8, 8), (4, 5), pool_after=(0,)), 2)
+    plain = _nets(ArchSpec("cnn", (2, 8, 8), (4, 5), pool_after=(1,)), 1, seed=1)
+    method = get_method("gram1")
+    e = method.embed(pooled + plain)
+    for row, net in zip(e, pooled + plain, strict=True):
+        w = net.layers[0].weight.reshape(4, -1)
+        np.testing.assert_allclose(row, _unit_triu(w.T @ w), rtol=1e-5, atol=1e-7)
+    assert method.check(pooled + plain) is None

@@ -24,6 +24,7 @@ read the same input shape (mixed zoos).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -289,12 +290,21 @@ class Gram1Method(_InputSpaceMethod):
     def __init__(self, row_norm: bool = False, bias: bool = False, space: str = "kernel") -> None:
         self.row_norm, self.bias, self.space = row_norm, bias, space
 
+    def _first(self, stack: NetworkStack) -> tuple[str, torch.Tensor]:
+        """The first layer's map without the operations after it: the kernel chain composes
+        a max pooling there into its map (a 2x2 box filter), which is not W_1."""
+        t = stack.template
+        first = replace(t.layers[0], post=())
+        stack = replace(stack, template=replace(t, layers=(first, *t.layers[1:])))
+        space, maps = self._maps(stack, 1)
+        return space, maps[0]
+
     def _layout(self, net: Network) -> tuple:
-        space, maps = self._maps(NetworkStack.from_networks([net]), 1)
-        return (space, maps[0].shape[1])
+        space, x = self._first(NetworkStack.from_networks([net]))
+        return (space, x.shape[1])
 
     def gram_factors(self, stack: NetworkStack) -> list[tuple[str, torch.Tensor]]:
-        return [("gram", self._maps(stack, 1)[1][0])]
+        return [("gram", self._first(stack)[1])]
 
 
 class ChainMethod(_InputSpaceMethod):
