@@ -217,9 +217,9 @@ def test_objective_tiebreak_adds_the_validation_tasks_relation_loss():
     vn, _ = proto_zoo(3, 3, seed=1)
     vt = [_task(7, 9)] * 3 + [_task(2, 9)] * 3 + [_task(3, 4)] * 3  # relations 1, 0, 0
     base = {**FAST.to_dict(), "epochs": 1}
-    plain = LPS(CFG, FitConfig(**base)).fit(nets, tasks, val=(vn, vt))
-    objective = FitConfig(**{**base, "val_tiebreak": "objective"})
-    full = LPS(CFG, objective).fit(nets, tasks, val=(vn, vt))
+    supcon = FitConfig(**{**base, "val_tiebreak": "supcon"})
+    plain = LPS(CFG, supcon).fit(nets, tasks, val=(vn, vt))
+    full = LPS(CFG, FitConfig(**base)).fit(nets, tasks, val=(vn, vt))  # the default
     # epoch 0 scores the untrained network, the same for both: only the tie-break differs
     with torch.no_grad():
         start = LPSNet(CFG, seed=FAST.seed).eval()(vn)
