@@ -7,11 +7,11 @@ import numpy as np
 
 
 def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
-    codes = {np.dtype(np.uint8): 0x08}
-    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
-    data = header + array.tobytes()
+    codes = {np.dtype(np.uint8): (0x08, "u1"), np.dtype(np.int16): (0x0B, ">i2")}
+    codes |= {np.dtype(np.float32): (0x0D, ">f4")}
+    code, big_endian = codes[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(big_endian).tobytes()
     if gz:
         path = path.with_name(path.name + ".gz")
         path.write_bytes(gzip.compress(data))

@@ -28,6 +28,26 @@ def test_idx_directory_loads(tmp_path, gz):
     assert ds.x_train.max() <= 1.0 and ds.y_train.dtype == torch.int64
 
 
+def test_idx_images_out_of_unit_range_and_bad_labels_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    make_idx_dir(tmp_path)
+    scan = rng.integers(0, 4096, (40, 5, 5)).astype(np.int16)  # 12-bit values, not bytes
+    write_idx(tmp_path / "train-images-idx3-ubyte", scan)
+    with pytest.raises(ParamsimError, match=r"int16 hold values outside \[0, 1\].*max 40"):
+        load_idx(tmp_path)
+    write_idx(tmp_path / "train-images-idx3-ubyte", (scan / 4095).astype(np.float32))
+    assert float(load_idx(tmp_path).x_train.max()) == pytest.approx(scan.max() / 4095)
+    labels = rng.integers(0, 4, 40).astype(np.float32)
+    labels[3] = 1.5  # would have been truncated to class 1
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    with pytest.raises(ParamsimError, match="whole numbers.*1.5"):
+        load_idx(tmp_path)
+    labels[3] = -1.0
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    with pytest.raises(ParamsimError, match="whole numbers.*-1"):
+        load_idx(tmp_path)
+
+
 def test_a_data_set_is_read_once_until_its_files_change(tmp_path):
     make_idx_dir(tmp_path)
     first = load_dataset("idx", tmp_path)

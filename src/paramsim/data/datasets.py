@@ -124,20 +124,38 @@ def load_idx(directory: str | Path, name: str | None = None) -> Dataset:
                 f"{directory}: {split} images {x.shape} and labels {y.shape} do not match; "
                 "expected images (N, H, W) and labels (N,)"
             )
-    x_tr, x_te = (_to_unit(arrays[k]) for k in ("x_train", "x_test"))
-    y_tr = torch.from_numpy(arrays["y_train"].astype(np.int64))
-    y_te = torch.from_numpy(arrays["y_test"].astype(np.int64))
+    x_tr, x_te = (_to_unit(arrays[k], directory) for k in ("x_train", "x_test"))
+    y_tr, y_te = (_class_labels(arrays[k], directory) for k in ("y_train", "y_test"))
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     return Dataset(name or directory.name, x_tr, y_tr, x_te, y_te, n_classes)
 
 
-def _to_unit(images: np.ndarray) -> torch.Tensor:
+def _to_unit(images: np.ndarray, directory: Path) -> torch.Tensor:
+    """Images in [0, 1]: bytes are scaled by 1/255; any other type must already be in range
+    (an int16 scan of 0..4095 would otherwise reach the models and probes unscaled)."""
     x = images.astype(np.float32)
     if images.dtype == np.uint8:
         x /= 255.0
+    elif x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+        raise ParamsimError(
+            f"{directory}: IDX images of type {images.dtype.name} hold values outside [0, 1] "
+            f"(min {float(np.nanmin(x)):g}, max {float(np.nanmax(x)):g}); store them as "
+            "unsigned bytes (0-255) or as floats in [0, 1]"
+        )
     if x.ndim == 3:
         x = x[:, None]
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _class_labels(labels: np.ndarray, directory: Path) -> torch.Tensor:
+    """Class labels as int64; a fractional or negative label is refused, never truncated."""
+    y = labels.astype(np.int64)
+    if labels.size and (not np.array_equal(y, labels) or y.min() < 0):
+        raise ParamsimError(
+            f"{directory}: IDX labels must be whole numbers >= 0 (found "
+            f"{labels[(y != labels) | (y < 0)][0]!r}); store classes as 0, 1, 2, ..."
+        )
+    return torch.from_numpy(y)
 
 
 def load_cifar(directory: str | Path, n_classes: int = 100) -> Dataset:
@@ -183,9 +201,9 @@ def load_cifar(directory: str | Path, n_classes: int = 100) -> Dataset:
     (x_tr, y_tr), (x_te, y_te) = out["train"], out["test"]
     return Dataset(
         f"cifar{n_classes}",
-        _to_unit(x_tr),
+        _to_unit(x_tr, directory),
         torch.from_numpy(y_tr),
-        _to_unit(x_te),
+        _to_unit(x_te, directory),
         torch.from_numpy(y_te),
         n_classes,
     )
