@@ -228,3 +228,59 @@ def test_objective_tiebreak_adds_the_validation_tasks_relation_loss():
     assert rel > 0.01
     got = [m.meta["history"][0]["val_loss"] for m in (plain, full)]
     assert got[1] == pytest.approx(got[0] + FAST.relation_weight * rel, abs=1e-4)
+
+
+def test_pair_relation_rho_scores_only_pairs_with_a_validation_task():
+    from paramsim.lps.fit import pair_relation_rho
+
+    # four tasks, two models each; tasks 0 and 1 are the validation tasks
+    classes = [{0, 1}, {2, 3}, {0, 2}, {4, 5}]
+    shared = torch.tensor([[float(len(a & b)) for b in classes] for a in classes])
+    labels = [0, 0, 1, 1, 2, 2, 3, 3]
+    angle = {0: 0.0, 1: 1.0, 2: 0.5, 3: 3.0}  # 2 sits between 0 and 1; 3 far from all
+    emb = torch.tensor([[np.cos(angle[t]), np.sin(angle[t])] for t in labels])
+    from scipy.stats import spearmanr
+
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3)]  # each with a validation task
+    sim = [np.cos(angle[a] - angle[b]) for a, b in pairs]
+    want = spearmanr(sim, [len(classes[a] & classes[b]) for a, b in pairs]).statistic
+    assert pair_relation_rho(emb, labels, shared, n_scored=2) == pytest.approx(want)
+    # a mis-ranked pair of training tasks alone (2 and 3) changes nothing ...
+    far = {**angle, 3: 0.6}
+    moved = torch.tensor([[np.cos(far[t]), np.sin(far[t])] for t in labels])
+    assert pair_relation_rho(moved, labels, shared, n_scored=1) == pytest.approx(
+        pair_relation_rho(emb, labels, shared, n_scored=1)
+    )
+    # ... but it counts once task 2 is scored too
+    assert pair_relation_rho(moved, labels, shared, n_scored=3) < pair_relation_rho(
+        emb, labels, shared, n_scored=3
+    )
+    flat = torch.zeros(4, 4)
+    assert np.isnan(pair_relation_rho(emb, labels, flat, n_scored=2))
+
+
+def test_first_per_label_keeps_order():
+    from paramsim.lps.fit import first_per_label
+
+    assert first_per_label([3, 1, 3, 3, 1, 2, 1], 2) == [0, 1, 2, 4, 5]
+
+
+def test_relation_tiebreak_is_minus_the_validation_relation_rho():
+    from paramsim.lps.fit import pair_relation_rho
+
+    nets, tasks = proto_zoo(4, 3)
+    tasks = [_task(*ab) for ab in [(0, 1)] * 3 + [(1, 2)] * 3 + [(3, 4)] * 3 + [(5, 6)] * 3]
+    vn, _ = proto_zoo(3, 3, seed=1)
+    vt = [_task(0, 9)] * 3 + [_task(2, 9)] * 3 + [_task(7, 8)] * 3
+    fc = FitConfig(**{**FAST.to_dict(), "epochs": 1, "val_tiebreak": "relation"})
+    fitted = LPS(CFG, fc).fit(nets, tasks, val=(vn, vt))
+    with torch.no_grad():  # epoch 0 scores the untrained network
+        start = LPSNet(CFG, seed=FAST.seed).eval()(
+            vn + [n for i, n in enumerate(nets) if i % 3 < 2]
+        )
+    labels = [0] * 3 + [1] * 3 + [2] * 3 + [3, 3, 4, 4, 5, 5, 6, 6]
+    sets = [{0, 9}, {2, 9}, {7, 8}, {0, 1}, {1, 2}, {3, 4}, {5, 6}]
+    shared = torch.tensor([[float(len(a & b)) for b in sets] for a in sets])
+    want = -pair_relation_rho(start, labels, shared, n_scored=3)
+    assert abs(want) > 0.01
+    assert fitted.meta["history"][0]["val_loss"] == pytest.approx(want, abs=1e-5)

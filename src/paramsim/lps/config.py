@@ -261,7 +261,7 @@ class FitConfig:
     # splits "objective" raised digits-pairs held-out rho from 0.646 to 0.761 (7 splits), left
     # fashion-pairs and held-out digit classes level, and moved digits-pairs-cnn from 0.607
     # to 0.585 (6 splits); with relation_weight 0 both are the same
-    val_tiebreak: str = _choice("objective", "supcon", "objective")
+    val_tiebreak: str = _choice("objective", "supcon", "objective", "relation")
     lr: float = _float(1e-3, 0.0, 10.0, lo_open=True)
     lr_probes: float = _float(0.1, 0.0, 10.0)
     weight_decay: float = _float(1e-4, 0.0, 10.0)

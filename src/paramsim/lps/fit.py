@@ -62,6 +62,43 @@ def filter_extra(
     return keep
 
 
+def first_per_label(labels: Sequence[int], k: int) -> list[int]:
+    """Indices of the first `k` items of each label, in order."""
+    taken: Counter = Counter()
+    out = []
+    for i, label in enumerate(labels):
+        if taken[label] < k:
+            taken[label] += 1
+            out.append(i)
+    return out
+
+
+def pair_relation_rho(
+    emb: torch.Tensor, labels: Sequence[int], shared: torch.Tensor, n_scored: int
+) -> float:
+    """Spearman rho between task-pair similarity and shared classes, over the pairs that
+    hold at least one task with label below `n_scored` (the validation tasks; the others are
+    training tasks, there to give the validation tasks many more pairs to be ranked in).
+
+    Task-pair similarity is the dot product of mean unit embeddings, as in `relation_loss`.
+    NaN when fewer than three pairs or either side is constant.
+    """
+    from scipy.stats import spearmanr
+
+    lab = np.asarray(labels)
+    n = int(lab.max()) + 1
+    e = emb.detach().double().cpu().numpy()
+    means = np.stack([e[lab == t].mean(0) for t in range(n)])
+    sim = means @ means.T
+    a, b = np.triu_indices(n, k=1)
+    scored = a < n_scored
+    x = sim[a[scored], b[scored]]
+    y = shared.double().cpu().numpy()[a[scored], b[scored]]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -177,6 +214,16 @@ class LPS:
             if max(np.bincount(vlabels)) >= 2:
                 val_pool = TrainingPool.build(val[0], vlabels).to(dev)
                 val_shared = shared_classes(list(vk), dev)
+                if fc.val_tiebreak == "relation":
+                    # validation tasks ranked among themselves and against the training tasks
+                    # (two models each): ten validation tasks alone give few related pairs
+                    ref = first_per_label(labels[: len(networks)], 2)
+                    ref_labels = [len(vk) + labels[i] for i in ref]
+                    rel_pool = TrainingPool.build(
+                        list(val[0]) + [all_nets[i] for i in ref], vlabels + ref_labels
+                    ).to(dev)
+                    rel_shared = shared_classes(list(vk) + list(keys), dev)
+                    n_val_tasks = len(vk)
 
         loss_fn, extra_mod = make_metric_loss(fc, len(keys), cfg.out_dim, gen)
         if extra_mod is not None:
@@ -192,7 +239,8 @@ class LPS:
         opt = torch.optim.AdamW(groups, lr=fc.lr, weight_decay=fc.weight_decay)
 
         def val_score() -> tuple[float, float]:
-            """Validation mAP and, to break its frequent ties at 1.0, the validation loss."""
+            """Validation mAP and, to break its frequent ties at 1.0, a lower-is-better
+            second score: the validation loss, or minus the validation relation rho."""
             if val_pool is None:
                 return float("nan"), float("nan")
             with torch.no_grad():
@@ -200,8 +248,13 @@ class LPS:
                 e, _ = embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
                 vlab = torch.as_tensor(val_pool.labels, device=dev)
                 vl = float(val_loss(e, vlab))
-                if fc.val_tiebreak == "objective" and fc.relation_weight > 0:
+                if fc.val_tiebreak != "supcon" and fc.relation_weight > 0:
                     vl += fc.relation_weight * float(relation_loss(e, vlab, val_shared))
+                if fc.val_tiebreak == "relation":
+                    er, _ = embed_pool(net, rel_pool, np.arange(len(rel_pool)), None, gen)
+                    rho = pair_relation_rho(er, rel_pool.labels, rel_shared, n_val_tasks)
+                    if np.isfinite(rho):  # else (no related pairs) the objective decides
+                        vl = -rho
                 net.train()
             return retrieval_map(e.cpu().numpy(), val_pool.labels), vl
 
