@@ -284,3 +284,16 @@ def test_relation_tiebreak_is_minus_the_validation_relation_rho():
     want = -pair_relation_rho(start, labels, shared, n_scored=3)
     assert abs(want) > 0.01
     assert fitted.meta["history"][0]["val_loss"] == pytest.approx(want, abs=1e-5)
+
+
+def test_cosine_schedule_starts_at_the_full_rate_and_then_decays():
+    nets, tasks = proto_zoo(4, 3)
+    base = {**FAST.to_dict(), "val_fraction": 0.0}
+
+    def fitted(epochs: int, schedule: str) -> torch.Tensor:
+        fc = FitConfig(**{**base, "epochs": epochs, "lr_schedule": schedule})
+        return LPS(CFG, fc).fit(nets, tasks).embed(nets)
+
+    # the first epoch runs at the full rate, so one epoch is the constant schedule's
+    np.testing.assert_allclose(fitted(1, "cosine"), fitted(1, "constant"), atol=1e-6)
+    assert not np.allclose(fitted(2, "cosine"), fitted(2, "constant"), atol=1e-4)

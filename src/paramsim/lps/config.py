@@ -263,6 +263,9 @@ class FitConfig:
     # to 0.585 (6 splits); with relation_weight 0 both are the same
     val_tiebreak: str = _choice("objective", "supcon", "objective", "relation")
     lr: float = _float(1e-3, 0.0, 10.0, lo_open=True)
+    # "cosine": every learning rate decays over `epochs` along half a cosine, to near 0 at
+    # the last epoch; "constant": fixed
+    lr_schedule: str = _choice("constant", "constant", "cosine")
     lr_probes: float = _float(0.1, 0.0, 10.0)
     weight_decay: float = _float(1e-4, 0.0, 10.0)
     temperature: float = _float(0.1, 0.0, 100.0, lo_open=True)

@@ -237,6 +237,7 @@ class LPS:
         if probe_params:
             groups.append({"params": probe_params, "lr": fc.lr_probes, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=fc.lr, weight_decay=fc.weight_decay)
+        base_lrs = [g["lr"] for g in opt.param_groups]
 
         def val_score() -> tuple[float, float]:
             """Validation mAP and, to break its frequent ties at 1.0, a lower-is-better
@@ -279,6 +280,10 @@ class LPS:
         stale = 0
         for epoch in range(1, fc.epochs + 1):
             net.train()
+            if fc.lr_schedule == "cosine":
+                factor = 0.5 * (1.0 + np.cos(np.pi * (epoch - 1) / fc.epochs))
+                for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                    group["lr"] = base * factor
             losses_ = []
             for batch in task_batches(pool.labels, fc, rng, pool.kinds):
                 emb, fpart = embed_pool(net, pool, batch, fc, gen, func_loss)
