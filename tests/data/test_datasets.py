@@ -84,6 +84,43 @@ def test_idx_truncated_and_bad_magic_are_named(tmp_path):
         load_idx(tmp_path)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_declaring_more_than_the_file_holds_is_refused_before_reading(tmp_path, gz):
+    import gzip
+    import struct
+
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 60_000, 10_000, 10_000)  # 6 TB
+    data = header + bytes(100)
+    path = tmp_path / ("x.gz" if gz else "x")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    from paramsim.data.datasets import read_idx
+
+    with pytest.raises(ParamsimError, match="declares shape"):
+        read_idx(path)
+
+
+def test_gzipped_idx_with_a_long_tail_is_refused_without_decompressing_it(tmp_path):
+    import gzip
+    import struct
+    import tracemalloc
+
+    from paramsim.data.datasets import read_idx
+
+    header = bytes([0, 0, 0x08, 1]) + struct.pack(">I", 10)
+    tail = bytes(64 << 20)  # 64 MiB of zeros after the declared 10 bytes
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(header + bytes(10) + tail))
+    del tail
+    tracemalloc.start()
+    try:
+        with pytest.raises(ParamsimError, match="padded"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(ParamsimError, match="does not exist"):
         load_idx(tmp_path / "nope")

@@ -66,29 +66,54 @@ IDX_FILES = {
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+# deflate expands at most about 1032:1, so a gzipped file can hold no more than this many
+# bytes per compressed byte: a header declaring more is damaged (or a decompression bomb)
+_DEFLATE_MAX_RATIO = 1032
+_CHUNK = 1 << 24
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (gzipped or not) into an array."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    """Parse one IDX file (gzipped or not) into an array.
+
+    The header is read and its declared size checked against the file's size before any
+    data is read, and no more than the declared data is ever decompressed."""
+    gz = path.suffix == ".gz"
+    opener = gzip.open if gz else open
     try:
+        stored = path.stat().st_size
         with opener(path, "rb") as f:
-            raw = f.read()
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise ParamsimError(f"{path} is not an IDX file (bad magic number)")
+            ndim = magic[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ParamsimError(f"{path} is truncated (header incomplete)")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            limit = stored * _DEFLATE_MAX_RATIO if gz else stored - 4 - 4 * ndim
+            if expected > limit:
+                raise ParamsimError(
+                    f"{path} declares shape {shape} ({expected} bytes), more than the file "
+                    "can hold: it is truncated or damaged; download it again"
+                )
+            data = bytearray()
+            while len(data) < expected:  # in chunks: memory grows only with real data
+                chunk = f.read(min(_CHUNK, expected - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+            padded = bool(f.read(1))
     except (OSError, EOFError) as exc:
         raise ParamsimError(f"cannot read IDX file {path}: {exc}") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ParamsimError(f"{path} is not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ParamsimError(f"{path} is truncated (header incomplete)")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
+    if len(data) != expected or padded:
+        found = f"{len(data)}" if not padded else f"more than {expected}"
         raise ParamsimError(
             f"{path} is truncated or padded: expected {expected} data bytes for shape "
-            f"{shape}, found {len(raw) - header}"
+            f"{shape}, found {found}"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
