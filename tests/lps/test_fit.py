@@ -219,7 +219,8 @@ def test_objective_tiebreak_adds_the_validation_tasks_relation_loss():
     base = {**FAST.to_dict(), "epochs": 1}
     supcon = FitConfig(**{**base, "val_tiebreak": "supcon"})
     plain = LPS(CFG, supcon).fit(nets, tasks, val=(vn, vt))
-    full = LPS(CFG, FitConfig(**base)).fit(nets, tasks, val=(vn, vt))  # the default
+    objective = FitConfig(**{**base, "val_tiebreak": "objective"})
+    full = LPS(CFG, objective).fit(nets, tasks, val=(vn, vt))
     # epoch 0 scores the untrained network, the same for both: only the tie-break differs
     with torch.no_grad():
         start = LPSNet(CFG, seed=FAST.seed).eval()(vn)

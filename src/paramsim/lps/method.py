@@ -49,8 +49,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 
 # FitConfig defaults of a variant that differ from today's: a caller's FitConfig or
 # overrides still win (unlike the switches above, which define the variant); lps-v1 keeps
-# the first default's budget
-VARIANT_DEFAULTS: dict[str, dict] = {"lps-v1": {"epochs": 30, "patience": 6}}
+# the first default's budget and choice of epoch
+VARIANT_DEFAULTS: dict[str, dict] = {
+    "lps-v1": {"epochs": 30, "patience": 6, "val_tiebreak": "supcon"}
+}
 
 
 def variant_configs(
