@@ -262,8 +262,8 @@ class FitConfig:
     # default of session 18); "supcon", that contrastive loss alone (before). On seed-100/200
     # splits "relation" raised digits-pairs held-out rho from 0.716 to 0.818 (seed 200, 3
     # splits) and left seed 100 (0.827), held-out digit classes, digits-pairs-cnn,
-    # digits-pairs-mixed and fashion-pairs level. A validation rho of ten tasks alone was too
-    # few pairs; against the training tasks it tracked the held-out rho epoch by epoch
+    # digits-pairs-mixed and fashion-pairs level. Five validation tasks alone make 10 pairs;
+    # with the training tasks, 120, and that rho tracked the held-out rho epoch by epoch
     val_tiebreak: str = _choice("relation", "supcon", "objective", "relation")
     lr: float = _float(1e-3, 0.0, 10.0, lo_open=True)
     # "cosine": every learning rate decays over `epochs` along half a cosine, to near 0 at

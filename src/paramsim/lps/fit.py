@@ -216,7 +216,7 @@ class LPS:
                 val_shared = shared_classes(list(vk), dev)
                 if fc.val_tiebreak == "relation":
                     # validation tasks ranked among themselves and against the training tasks
-                    # (two models each): ten validation tasks alone give few related pairs
+                    # (two models each): a few validation tasks alone make few related pairs
                     ref = first_per_label(labels[: len(networks)], 2)
                     ref_labels = [len(vk) + labels[i] for i in ref]
                     rel_pool = TrainingPool.build(
