@@ -258,6 +258,13 @@ def test_pair_relation_rho_scores_only_pairs_with_a_validation_task():
     )
     flat = torch.zeros(4, 4)
     assert np.isnan(pair_relation_rho(emb, labels, flat, n_scored=2))
+    # a label with no models (task 1 dropped) leaves its pairs out instead of giving NaN
+    keep = [i for i, t in enumerate(labels) if t != 1]
+    gap = pair_relation_rho(emb[keep], [labels[i] for i in keep], shared, n_scored=3)
+    rest = [(0, 2), (0, 3), (2, 3)]
+    sim = [np.cos(angle[a] - angle[b]) for a, b in rest]
+    rel = [len(classes[a] & classes[b]) for a, b in rest]
+    assert gap == pytest.approx(spearmanr(sim, rel).statistic)
 
 
 def test_first_per_label_keeps_order():

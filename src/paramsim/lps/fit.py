@@ -86,14 +86,14 @@ def pair_relation_rho(
     from scipy.stats import spearmanr
 
     lab = np.asarray(labels)
-    n = int(lab.max()) + 1
+    present = np.unique(lab)  # a label without models has no similarity: left out
     e = emb.detach().double().cpu().numpy()
-    means = np.stack([e[lab == t].mean(0) for t in range(n)])
+    means = np.stack([e[lab == t].mean(0) for t in present])
     sim = means @ means.T
-    a, b = np.triu_indices(n, k=1)
-    scored = a < n_scored
+    a, b = np.triu_indices(len(present), k=1)
+    scored = present[a] < n_scored
     x = sim[a[scored], b[scored]]
-    y = shared.double().cpu().numpy()[a[scored], b[scored]]
+    y = shared.double().cpu().numpy()[present[a[scored]], present[b[scored]]]
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     return float(spearmanr(x, y).statistic)
