@@ -246,13 +246,16 @@ class LPS:
                 return float("nan"), float("nan")
             with torch.no_grad():
                 net.eval()
-                e, _ = embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
+                if fc.val_tiebreak == "relation":  # the validation models lead rel_pool
+                    er, _ = embed_pool(net, rel_pool, np.arange(len(rel_pool)), None, gen)
+                    e = er[: len(val_pool)]
+                else:
+                    e, _ = embed_pool(net, val_pool, np.arange(len(val_pool)), None, gen)
                 vlab = torch.as_tensor(val_pool.labels, device=dev)
                 vl = float(val_loss(e, vlab))
                 if fc.val_tiebreak != "supcon" and fc.relation_weight > 0:
                     vl += fc.relation_weight * float(relation_loss(e, vlab, val_shared))
                 if fc.val_tiebreak == "relation":
-                    er, _ = embed_pool(net, rel_pool, np.arange(len(rel_pool)), None, gen)
                     rho = pair_relation_rho(er, rel_pool.labels, rel_shared, n_val_tasks)
                     if np.isfinite(rho):  # else (no related pairs) the objective decides
                         vl = -rho
