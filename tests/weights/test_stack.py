@@ -120,3 +120,34 @@ def test_a_convolution_after_flatten_is_refused():
     )
     with pytest.raises(ValueError, match="cannot follow a flattened layer"):
         NetworkStack.from_networks([flat]).forward(_rand(g, 2, 3, 2, 2))
+    pooled_flat = Network(
+        (
+            Layer("conv", _rand(g, 4, 3, 1, 1), _rand(g, 4), 0, ("gap",)),
+            Layer("linear", _rand(g, 2, 4), _rand(g, 2), 0, ("maxpool2",)),
+        ),
+        (3, 2, 2),
+    )
+    with pytest.raises(ValueError, match="maxpool2 needs a feature map"):
+        NetworkStack.from_networks([pooled_flat]).forward(_rand(g, 2, 3, 2, 2))
+
+
+def test_a_flatten_after_flat_features_changes_nothing():
+    """nn.Flatten after a Linear is a no-op in PyTorch; in a stack it must stay one."""
+    g = torch.Generator().manual_seed(1)
+    nets = [
+        Network(
+            (
+                Layer("conv", _rand(g, 4, 3, 3, 3), _rand(g, 4), 1, ("relu", "gap")),
+                Layer("linear", _rand(g, 5, 4), _rand(g, 5), 0, ("relu", "flatten")),
+                Layer("linear", _rand(g, 2, 5), _rand(g, 2), 0, ("flatten",)),
+            ),
+            (3, 4, 4),
+        )
+        for _ in range(2)
+    ]
+    x = _rand(g, 3, 3, 4, 4)
+    out, hidden = NetworkStack.from_networks(nets).forward(x, return_hidden=True)
+    ref_out, ref_hidden = _one_by_one(nets, x, grad=False)
+    assert out.shape == (2, 3, 2)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(hidden[1], ref_hidden[1])

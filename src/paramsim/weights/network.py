@@ -222,6 +222,10 @@ class NetworkStack:
                     n = h.shape[0]
                     h = h.mean(dim=(-2, -1)) if name == "gap" else h
                     h, maps = h.reshape(n, m, -1).transpose(0, 1), False
+                elif not maps and name == "flatten":
+                    continue  # (M, N, D): every model's features are flat already
+                elif not maps and name != "relu":
+                    raise ValueError(f"{name} needs a feature map, not flat features")
                 else:
                     h = _op(name, h)
             if return_hidden and i < depth - 1:
