@@ -137,6 +137,14 @@ def test_cross_width_and_cross_kind_rules() -> None:
     assert get_method("probes").check(narrow + cnn) is None  # same input shape: function space
 
 
+def test_mlps_of_one_input_size_but_different_shapes_are_not_compared() -> None:
+    """16 inputs as 1x4x4 and as 4x2x2 are different pixels: their chains share no space."""
+    square, channels = _nets(MLP, 2), _nets(ArchSpec("mlp", (4, 2, 2), (6, 5)), 2)
+    for name in ["gram1", "chain", "e2e"]:
+        assert get_method(name).check(square) is None
+        assert "different input spaces" in get_method(name).check(square + channels), name
+
+
 def test_pixel_space_equals_kernel_chain_for_mlps_and_joins_cnns() -> None:
     nets = _nets(MLP, 3)
     for name in ["gram1", "chain", "e2e"]:

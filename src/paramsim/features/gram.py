@@ -62,7 +62,9 @@ def chain_maps(
     if space != "kernel":
         raise ParamsimError(f"space must be 'kernel' or 'pixels', got {space!r}")
     if all(lay.kind == "linear" for lay in t.layers):
-        return f"mlp inputs {t.layers[0].weight.shape[1] + int(bias)}", _mlp_chain(
+        # keyed by the input's shape, not its size: 64 inputs read as 1x8x8 and as 4x4x4
+        # are different pixels, and their chains must not be compared
+        return f"mlp inputs {t.input_shape}" + (" + bias" if bias else ""), _mlp_chain(
             stack, upto, row_norm, bias
         )
     if t.layers[0].kind != "conv":
@@ -84,6 +86,8 @@ def _pixel_chain(stack: NetworkStack, upto: int, bias: bool) -> list[torch.Tenso
     For MLPs this equals the kernel chain; a CNN layer's features are all its channels at
     all positions, so a channel permutation permutes columns and the Gram is unchanged.
     With `bias`, the last row is the layer's output on a blank input (the affine part).
+    A layer's map is read before its pooling (the kernel chain reads it after): the two
+    spaces never meet, since their keys differ, and each is consistent within itself.
     """
     t = stack.template
     shape = t.input_shape
@@ -269,7 +273,7 @@ class _InputSpaceMethod(FixedMethod):
                     "networks differ in the number of hidden layers; pick depths all have, "
                     "e.g. depths=(-1,) for the last hidden layer"
                 )
-            return f"these networks map to input spaces of different sizes: {sorted(layouts)}"
+            return f"these networks map to different input spaces: {sorted(layouts)}"
         rows = max(max(r for r in lay[1:] if isinstance(r, int)) for lay in layouts)
         if rows > self.max_rows:
             return (
