@@ -12,6 +12,7 @@ from tests.lps.helpers import random_mlp
 from paramsim.data import Task
 from paramsim.errors import ParamsimError
 from paramsim.lps import LPS, FitConfig, LPSConfig, LPSNet, filter_extra, retrieval_map
+from paramsim.lps.fit import MAP_TIE, replaces
 from paramsim.weights import Layer, Network
 
 FAST = FitConfig(epochs=3, patience=5, tasks_per_batch=4, models_per_task=3, min_batches=1)
@@ -305,3 +306,25 @@ def test_cosine_schedule_starts_at_the_full_rate_and_then_decays():
     # the first epoch runs at the full rate, so one epoch is the constant schedule's
     np.testing.assert_allclose(fitted(1, "cosine"), fitted(1, "constant"), atol=1e-6)
     assert not np.allclose(fitted(2, "cosine"), fitted(2, "constant"), atol=1e-4)
+
+
+def test_a_run_of_near_ties_cannot_slide_the_kept_map_down():
+    """Each epoch 0.0009 below the last kept one, with a better second score: the old rule
+    (a tie measured against the kept epoch) walked down to 0.9964; ties are now measured
+    against the highest mAP seen, so the kept mAP stays within MAP_TIE of it."""
+    epochs = [(1.0, -0.50), (0.9991, -0.52), (0.9982, -0.54), (0.9973, -0.56), (0.9964, -0.58)]
+    best, top = epochs[0], epochs[0][0]
+    for score in epochs[1:]:
+        top = max(top, score[0])
+        if replaces(score, best, top):
+            best = score
+    assert best[0] >= top - MAP_TIE
+    assert best == (0.9991, -0.52)  # the one tie within reach of the top that scores best
+
+
+def test_a_clearly_higher_map_wins_and_a_clearly_lower_never_does():
+    assert replaces((0.95, 9.0), (0.90, 0.0), 0.90)
+    assert not replaces((0.90, -9.0), (0.95, 0.0), 0.95)
+    assert replaces((0.9505, -1.0), (0.95, 0.0), 0.95)  # a tie, broken by the second score
+    assert not replaces((0.9505, -0.00005), (0.95, 0.0), 0.95)  # within SCORE_MARGIN
+    assert not replaces((float("nan"), -1.0), (0.95, 0.0), 0.95)

@@ -73,6 +73,20 @@ def first_per_label(labels: Sequence[int], k: int) -> list[int]:
     return out
 
 
+MAP_TIE = 1e-3  # validation mAPs this close are a tie, broken by the second score
+SCORE_MARGIN = 1e-4  # how much better the second score must be to break a tie
+
+
+def replaces(score: tuple[float, float], best: tuple[float, float], top_map: float) -> bool:
+    """Whether an epoch's (validation mAP, lower-is-better second score) replaces the kept
+    epoch's: a clearly higher mAP, or a tie with a better second score. A tie is judged
+    against the highest mAP seen so far, not the kept epoch's, so that a run of epochs each
+    a little below the last cannot slide the kept mAP down through ties."""
+    if score[0] > best[0] + MAP_TIE:
+        return True
+    return score[0] >= top_map - MAP_TIE and score[1] < best[1] - SCORE_MARGIN
+
+
 def pair_relation_rho(
     emb: torch.Tensor, labels: Sequence[int], shared: torch.Tensor, n_scored: int
 ) -> float:
@@ -262,17 +276,13 @@ class LPS:
                 net.train()
             return retrieval_map(e.cpu().numpy(), val_pool.labels), vl
 
-        def better(a: tuple[float, float], b: tuple[float, float]) -> bool:
-            if abs(a[0] - b[0]) > 1e-3:
-                return a[0] > b[0]
-            return a[1] < b[1] - 1e-4
-
         from pytorch_metric_learning import losses as pml_losses
 
         val_loss = pml_losses.SupConLoss(temperature=fc.temperature)
         history = []
         score = val_score()
         best = (score, 0, copy.deepcopy(net.state_dict()))
+        top_map = score[0]
         history.append(
             {"epoch": 0, "loss": float("nan"), "val_map": score[0], "val_loss": score[1]}
         )
@@ -310,7 +320,8 @@ class LPS:
             )
             if progress:
                 progress(history[-1])
-            if val_pool is None or better(score, best[0]):
+            top_map = max(top_map, score[0]) if np.isfinite(score[0]) else top_map
+            if val_pool is None or replaces(score, best[0], top_map):
                 best = (score, epoch, copy.deepcopy(net.state_dict()))
                 stale = 0
             else:
