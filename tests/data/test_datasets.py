@@ -82,6 +82,9 @@ def test_idx_truncated_and_bad_magic_are_named(tmp_path):
     path.write_bytes(b"\x01\x02\x03\x04junk")
     with pytest.raises(ParamsimError, match="not an IDX file"):
         load_idx(tmp_path)
+    path.write_bytes(bytes([0, 0, 0x08, 0, 7]))  # zero dimensions: one scalar byte
+    with pytest.raises(ParamsimError, match="declares no dimensions"):
+        load_idx(tmp_path)
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -86,6 +86,8 @@ def read_idx(path: Path) -> np.ndarray:
             if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
                 raise ParamsimError(f"{path} is not an IDX file (bad magic number)")
             ndim = magic[3]
+            if ndim == 0:
+                raise ParamsimError(f"{path} declares no dimensions: not an IDX data set")
             dims = f.read(4 * ndim)
             if len(dims) < 4 * ndim:
                 raise ParamsimError(f"{path} is truncated (header incomplete)")
