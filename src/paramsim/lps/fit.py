@@ -271,7 +271,9 @@ class LPS:
                     vl += fc.relation_weight * float(relation_loss(e, vlab, val_shared))
                 if fc.val_tiebreak == "relation":
                     rho = pair_relation_rho(er, rel_pool.labels, rel_shared, n_val_tasks)
-                    if np.isfinite(rho):  # else (no related pairs) the objective decides
+                    # NaN when the pairs cannot rank (too few, or all sharing as many classes):
+                    # fixed for the whole fit, so every epoch falls back to the objective alike
+                    if np.isfinite(rho):
                         vl = -rho
                 net.train()
             return retrieval_map(e.cpu().numpy(), val_pool.labels), vl
