@@ -151,3 +151,16 @@ def test_a_flatten_after_flat_features_changes_nothing():
     assert out.shape == (2, 3, 2)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(hidden[1], ref_hidden[1])
+
+
+def test_pooling_a_map_too_small_is_an_error_not_nan():
+    h = torch.ones(2, 3, 1, 1)
+    with torch.no_grad(), pytest.raises(ValueError, match="leaves nothing"):
+        max_pool2(h)
+
+
+def test_an_empty_batch_of_inputs_gives_empty_outputs():
+    g = torch.Generator().manual_seed(2)
+    nets = [_cnn(g, 8, "flatten") for _ in range(2)]
+    out = NetworkStack.from_networks(nets).forward(_rand(g, 0, 3, 8, 8))
+    assert out.shape == (2, 0, 3)

@@ -94,6 +94,8 @@ def max_pool2(h: torch.Tensor) -> torch.Tensor:
     strided views is about 3x faster: max_pool2d also writes an int64 index per output."""
     if h.requires_grad and torch.is_grad_enabled():
         return F.max_pool2d(h, 2)
+    if h.shape[-2] < 2 or h.shape[-1] < 2:  # as max_pool2d, instead of an empty map
+        raise ValueError(f"2x2 max pooling of a {h.shape[-2]}x{h.shape[-1]} map leaves nothing")
     v = h[..., : h.shape[-2] // 2 * 2, : h.shape[-1] // 2 * 2]
     v = v.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2))  # (..., H/2, 2, W/2, 2)
     top = torch.maximum(v[..., 0, :, 0], v[..., 0, :, 1])
@@ -221,7 +223,7 @@ class NetworkStack:
                 if maps and name in ("gap", "flatten"):
                     n = h.shape[0]
                     h = h.mean(dim=(-2, -1)) if name == "gap" else h
-                    h, maps = h.reshape(n, m, -1).transpose(0, 1), False
+                    h, maps = h.reshape(n, m, h.shape[1:].numel() // m).transpose(0, 1), False
                 elif not maps and name == "flatten":
                     continue  # (M, N, D): every model's features are flat already
                 elif not maps and name != "relu":
