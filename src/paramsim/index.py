@@ -8,7 +8,10 @@ Kinds (see docs/SCALING.md for measured recall and speed at a million models):
   keeps it exhaustive but reads half the memory per query (scores within ~1e-3).
 * ``hnsw``: a navigable small-world graph (Malkov & Yashunin 2018), IndexHNSWFlat; query cost
   grows with ``ef_search``, not with the number of models.
-* ``ivf``: an inverted file (k-means cells, IndexIVFFlat); a query scans ``nprobe`` cells.
+* ``ivf``: an inverted file (k-means cells, IndexIVFFlat); a query scans ``nprobe`` cells,
+  or with ``exact=True`` every cell that could hold one of the true top k
+  (`paramsim.index_bounded`): the flat scan's answer, reading a fraction of the vectors on
+  clustered data.
 
 Filters (task, architecture, minimum accuracy) become a faiss ID selector passed through the
 search parameters. A filter that keeps few models is scored exactly on the kept vectors
@@ -45,6 +48,9 @@ EXACT_SUBSET = 20_000
 _OWN_FILES = {INDEX_FILE, META_FILE, ITEMS_FILE}
 # the largest embedding width an index may declare (LPS emb_dim tops out at 4096)
 MAX_DIM = 1 << 16
+# above this many ivf cells k-means runs in two levels (sqrt(nlist) cells, then each split):
+# one level costs samples x nlist, hours at a million models and 16,000 cells
+TWO_LEVEL_CELLS = 4096
 
 
 def model_checksum(model_dir: str | Path) -> str:
@@ -133,6 +139,7 @@ class EmbeddingIndex:
         self.acc = np.zeros(0, dtype=np.float32)
         self.local_ids = np.zeros(0, dtype=np.int64)
         self._tasks, self._archs, self._sources = _Vocab(), _Vocab(), _Vocab()
+        self._cones = None  # ivf: each cell's cone for exact search, made on first use
 
     # ------------------------------------------------------------------ building
     def _new_index(self, n: int):
@@ -160,6 +167,20 @@ class EmbeddingIndex:
         index.cp.min_points_per_centroid = 1  # tiny indexes: one cell, no faiss warning
         index.nprobe = max(1, min(p["nprobe"], nlist))
         return index
+
+    def _train(self, sample: np.ndarray) -> None:
+        nlist = self.params.get("nlist", 0)
+        if self.kind != "ivf" or nlist <= TWO_LEVEL_CELLS:
+            self._index.train(sample)
+            return
+        from faiss.contrib.clustering import two_level_clustering
+
+        coarse = int(round(np.sqrt(nlist)))
+        centroids, _ = two_level_clustering(
+            sample, coarse, nlist, seed=1234, min_points_per_centroid=1
+        )
+        self._index.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        self._index.is_trained = True  # a flat IVF's training is its quantizer's centroids
 
     def __len__(self) -> int:
         return 0 if self._index is None else int(self._index.ntotal)
@@ -209,9 +230,10 @@ class EmbeddingIndex:
             if n > cap:
                 pick = np.random.default_rng(0).choice(n, cap, replace=False)
                 sample = x[np.sort(pick)]
-            self._index.train(sample)
+            self._train(sample)
         if n:
             self._index.add(x)
+            self._cones = None
         self.ids = all_ids
         self._task = np.concatenate([self._task, task_c])
         self._arch = np.concatenate([self._arch, arch_c])
@@ -309,11 +331,19 @@ class EmbeddingIndex:
         min_acc: float | None = None,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; cosine scores; -1 pads missing.
 
         `ef_search` (hnsw) and `nprobe` (ivf) trade speed for recall per call; the stored
-        settings apply otherwise."""
+        settings apply otherwise. `exact` asks an ivf index for the exhaustive answer (its
+        cells bound what they hold, so most are skipped; `nprobe` is then the first round's
+        width); an exact index is exact already, an hnsw index cannot be."""
+        if exact and self.kind == "hnsw":
+            raise ParamsimError(
+                "an hnsw index cannot search exactly; drop --exact, or build the index with "
+                "--kind ivf or --kind exact"
+            )
         q = _unit(np.atleast_2d(queries))
         if q.shape[1] != self.dim:
             raise ParamsimError(f"queries have {q.shape[1]} dims; the index holds {self.dim}")
@@ -324,6 +354,8 @@ class EmbeddingIndex:
         k = max(1, min(int(k), n_avail))
         if keep is not None and len(keep) <= EXACT_SUBSET:
             scores, pos = self._exact_subset(q, keep, k)
+        elif exact and self.kind == "ivf":
+            scores, pos, _ = self.bounded_search(q, k, keep, first=nprobe)
         else:
             params = self._params(keep, ef_search, nprobe, k)
             # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces
@@ -332,6 +364,20 @@ class EmbeddingIndex:
             scores, pos = search(q, k, params=params)
         ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
         return scores, ids
+
+    def bounded_search(
+        self, q: np.ndarray, k: int, keep: np.ndarray | None = None, first: int | None = None
+    ):
+        """ivf: the exact top k of unit queries over the kept positions, (scores, positions,
+        cells scanned per query); see `paramsim.index_bounded`."""
+        from paramsim.index_bounded import bounded_search, cell_cones
+
+        if self._cones is None:
+            self._cones = cell_cones(self._index)
+        params = None if keep is None else self._params(keep, None, None, k)
+        return bounded_search(
+            self._index, self._cones, q, k, first=first or self.params["nprobe"], params=params
+        )
 
     def _exact_subset(self, q: np.ndarray, keep: np.ndarray, k: int):
         """Exhaustive scores over the kept positions only (reconstructed vectors)."""

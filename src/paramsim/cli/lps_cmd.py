@@ -240,6 +240,13 @@ def register(cli: click.Group) -> None:
         is_flag=True,
         help="Store vectors as fp16: still exhaustive, half the memory, ~2x faster at 1M models.",
     )
+    @click.option(
+        "--nlist",
+        type=click.IntRange(1, 2**31 - 1),
+        default=None,
+        help="ivf: the number of cells (default about 4 sqrt(models)). More cells make "
+        "`search --exact` read less.",
+    )
     @executor_options
     @device_option
     @compute_options()
@@ -250,6 +257,7 @@ def register(cli: click.Group) -> None:
         overwrite,
         kind,
         fp16,
+        nlist,
         executor,
         address,
         chunk_size,
@@ -265,6 +273,8 @@ def register(cli: click.Group) -> None:
         from paramsim.index import build_index, model_checksum
 
         check_output_dir(out, INDEX_OUTPUT, overwrite)  # first: the cheapest refusal
+        if nlist is not None and kind != "ivf":
+            raise ParamsimError("--nlist sets an ivf index's cells; drop it or use --kind ivf")
         set_threads(threads)
         set_seed(seed)
         items, emb, archs, parts = embed_sources(
@@ -287,7 +297,13 @@ def register(cli: click.Group) -> None:
         }
         with atomic_dir(out, INDEX_OUTPUT, overwrite) as tmp:
             idx = build_index(
-                items, emb, archs, kind=kind, storage="fp16" if fp16 else "flat", meta=meta
+                items,
+                emb,
+                archs,
+                kind=kind,
+                storage="fp16" if fp16 else "flat",
+                meta=meta,
+                params=None if nlist is None else {"nlist": nlist},
             )
             idx.save(tmp)
         parts.clear()
@@ -318,8 +334,16 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Only models whose test accuracy is at least this.",
     )
+    @click.option(
+        "--exact",
+        is_flag=True,
+        help="ivf index: the exhaustive scan's answer, reading only the cells that could hold "
+        "one of the top k (an exact index is exact already).",
+    )
     @compute_options()
-    def search_cmd(query, index_dir, model_dir, k, tasks, archs, min_acc, seed, threads, quiet):
+    def search_cmd(
+        query, index_dir, model_dir, k, tasks, archs, min_acc, exact, seed, threads, quiet
+    ):
         """The stored models nearest to QUERY: a checkpoint file, ZOO:ID, or a whole zoo (a
         table per model of it)."""
         from paramsim.index import EmbeddingIndex
@@ -328,6 +352,11 @@ def register(cli: click.Group) -> None:
         set_threads(threads)
         set_seed(seed)
         idx = EmbeddingIndex.load(index_dir)
+        if exact and idx.kind == "hnsw":
+            raise ParamsimError(
+                f"{index_dir} is an hnsw index, which cannot search exactly; drop --exact, or "
+                "rebuild it with --kind ivf or --kind exact"
+            )
         model_dir = model_dir or idx.meta.get("model")
         if not model_dir:
             raise ParamsimError(f"{index_dir} does not name its LPS model; give --model DIR")
@@ -338,7 +367,7 @@ def register(cli: click.Group) -> None:
         lps = _load_model(model_dir)
         models = resolve_models([query])
         scores, ids = idx.search(
-            lps.embed(models.networks), k, tasks=tasks, archs=archs, min_acc=min_acc
+            lps.embed(models.networks), k, tasks=tasks, archs=archs, min_acc=min_acc, exact=exact
         )
         refs = idx.n_sources > 1  # name where each hit came from when it is not one zoo
         for q, (label, task) in enumerate(zip(models.labels, models.tasks, strict=True)):

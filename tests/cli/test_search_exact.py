@@ -1,0 +1,24 @@
+"""`index build --nlist` and `search --exact` from the command line."""
+
+from __future__ import annotations
+
+from paramsim.cli import main
+from paramsim.index import EmbeddingIndex
+
+
+def test_cli_search_exact_and_nlist(tiny_zoo, lps_model, tmp_path, capsys):
+    ivf, flat, hnsw = tmp_path / "ivf", tmp_path / "flat", tmp_path / "hnsw"
+    base = ["index", "build", str(tiny_zoo), "--model", str(lps_model), "-q"]
+    assert main([*base, "--out", str(ivf), "--kind", "ivf", "--nlist", "3"]) == 0
+    assert EmbeddingIndex.load(ivf).params["nlist"] == 1  # at most one cell per 39 models
+    assert main([*base, "--out", str(flat)]) == 0
+    assert main([*base, "--out", str(hnsw), "--kind", "hnsw"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tiny_zoo), "--index", str(flat), "-k", "4"]) == 0
+    want = capsys.readouterr().out
+    assert main(["search", str(tiny_zoo), "--index", str(ivf), "-k", "4", "--exact"]) == 0
+    assert capsys.readouterr().out == want
+    assert main(["search", str(tiny_zoo), "--index", str(hnsw), "--exact"]) == 2
+    assert "cannot search exactly" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "x"), "--nlist", "8"]) == 2
+    assert "--nlist" in capsys.readouterr().err and not (tmp_path / "x").exists()
