@@ -3,12 +3,16 @@
 
     python benchmarks/bench_search.py                       # 1M clustered vectors, dim 128
     python benchmarks/bench_search.py --data uniform        # the worst case: no structure
+    python benchmarks/bench_search.py --kinds exact,ivf-exact --exact-nlist 4000,16000
 
 Data: `clustered` draws models around n/100 task centres (cosine within a task about 0.8,
 across tasks about 0), the shape LPS embeddings have; queries are new models of the same
 tasks. `uniform` is uniform on the sphere, where no index can use structure. Ground truth is
-the exact float32 scan. Every search goes through `paramsim.index.EmbeddingIndex`, one query
-per call (what `paramsim search` does), timed over --queries queries after a warm-up.
+the exact float32 scan. `ivf-exact` is `search --exact` on an ivf index of each
+--exact-nlist: the exhaustive answer from the cells whose bound can hold it; it prints the
+share of cells and of vectors read. Every search goes through
+`paramsim.index.EmbeddingIndex`, one query per call (what `paramsim search` does), timed over
+--queries queries after a warm-up.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ def main() -> None:
     ap.add_argument("--kinds", default="exact,fp16,hnsw,ivf")
     ap.add_argument("--ef", default="16,32,64,128", help="hnsw ef_search values to try")
     ap.add_argument("--nprobe", default="4,8,16,32", help="ivf nprobe values to try")
+    ap.add_argument(
+        "--exact-nlist", default="4000,16000", help="ivf-exact: cells of each index tried"
+    )
     ap.add_argument("--batch", type=int, default=100, help="also time exact in batches of this")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -161,7 +168,37 @@ def main() -> None:
                 row(f"{kind}{extra} {key} {v}", build, t, recall(ids, truth), ms)
                 build = None
         del idx
+    if "ivf-exact" in kinds:
+        for nlist in (int(s) for s in args.exact_nlist.split(",")):
+            idx, build = built(
+                f"ivf{nlist}",
+                lambda n=nlist: EmbeddingIndex(args.dim, kind="ivf", params={"nlist": n}),
+            )
+            cells, vectors = read_share(idx, q, k)
+            for t in threads:
+                faiss.omp_set_num_threads(t)
+                ms, ids = time_single(idx, q, k, exact=True)
+                row(f"ivf nlist {nlist} --exact", build, t, recall(ids, truth), ms)
+                build = None
+            print(
+                f"  read per query: {cells:.2%} of the cells, {vectors:.2%} of the vectors "
+                "(mean over the queries)",
+                flush=True,
+            )
+            del idx
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+def read_share(idx, q: np.ndarray, k: int) -> tuple[float, float]:
+    """Mean share of the cells and of the vectors an exact ivf search reads per query."""
+    from paramsim.index_bounded import upper_bounds
+
+    unit = q / np.linalg.norm(q, axis=1, keepdims=True)
+    _, _, scanned = idx.bounded_search(unit, k)
+    cones = idx._cones
+    order = np.argsort(-upper_bounds(cones, unit), axis=1, kind="stable")
+    read = [cones.sizes[o[:s]].sum() for o, s in zip(order, scanned, strict=True)]
+    return float(np.mean(scanned) / len(cones.sizes)), float(np.mean(read) / cones.sizes.sum())
 
 
 if __name__ == "__main__":
