@@ -72,6 +72,20 @@ def test_the_answer_is_the_exhaustive_scans(seed, n, dim, clusters, spread, nlis
     assert (scanned >= 1).all() and (scanned <= index.nlist).all()
 
 
+def test_many_queries_are_answered_in_chunks_alike(monkeypatch):
+    import paramsim.index_bounded as bounded
+
+    x, q = _data(4, 500, 8, 6, 0.2, zeros=1, dups=5)
+    q = np.concatenate([q] * 3)
+    index = _ivf(x, 10)
+    whole = bounded_search(index, cell_cones(index), q, 4)
+    monkeypatch.setattr(bounded, "_CHUNK_ENTRIES", 25)  # two queries a chunk
+    chunked = bounded_search(index, cell_cones(index), q, 4)
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)
+    _assert_exhaustive(x, q, 4, *chunked[:2])
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     seed=st.integers(0, 2**16),

@@ -22,6 +22,8 @@ import numpy as np
 # float32 inner products of unit vectors of length d are within this many units of d of
 # the true value (Higham's gamma_d with a margin); every angle below is widened by it
 _F32_DOT_ERROR = 1.2e-7
+# queries x cells entries per chunk of queries (bounds in float64 and masks: ~40 MB)
+_CHUNK_ENTRIES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,22 @@ def bounded_search(
     `first` cells are scanned in the first round; `params` (faiss SearchParametersIVF) may
     carry an ID selector, honoured in every round. The bound is over every stored vector, so
     it stays valid for any subset a selector keeps."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    rows = max(1, _CHUNK_ENTRIES // max(len(cones.sizes), 1))
+    if len(q) <= rows:
+        return _bounded_chunk(index, cones, q, k, first, params)
+    parts = [
+        _bounded_chunk(index, cones, q[i : i + rows], k, first, params)
+        for i in range(0, len(q), rows)
+    ]
+    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+
+
+def _bounded_chunk(index, cones: Cones, q: np.ndarray, k: int, first: int, params):
+    """`bounded_search` of one chunk of queries: its (queries, cells) arrays fit in memory."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
-    q = np.ascontiguousarray(q, dtype=np.float32)
     nq, nlist = len(q), len(cones.sizes)
     bound = upper_bounds(cones, q)  # empty cells are -inf: never eligible
     margin = 2 * cones.slack  # a cell within this of the k-th score is scanned: ties read alike
