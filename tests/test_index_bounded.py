@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faiss
+import faiss.contrib.torch_utils  # noqa: F401  as in use: pytorch-metric-learning imports it
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -169,6 +170,12 @@ def test_two_level_cells_for_large_nlist(monkeypatch):
     s, i = idx.search(q, 10, exact=True)
     _assert_exhaustive(x, q, 10, s, i - 500)
     assert idx.search(q, 10, nprobe=60)[0] == pytest.approx(s, abs=1e-6)  # every cell: exact
+
+
+def test_exact_search_of_no_queries_is_empty_as_the_approximate_one():
+    idx, _, q = _clustered_index()
+    s, i = idx.search(q[:0], 5, exact=True)
+    assert s.shape == i.shape == (0, 5) == idx.search(q[:0], 5)[0].shape
 
 
 def test_exact_is_refused_on_hnsw_and_changes_nothing_on_exact():

@@ -173,13 +173,10 @@ class EmbeddingIndex:
         if self.kind != "ivf" or nlist <= TWO_LEVEL_CELLS:
             self._index.train(sample)
             return
-        from faiss.contrib.clustering import two_level_clustering
+        from paramsim.index_train import two_level_centroids
 
-        coarse = int(round(np.sqrt(nlist)))
-        centroids, _ = two_level_clustering(
-            sample, coarse, nlist, seed=1234, min_points_per_centroid=1
-        )
-        self._index.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        centroids = two_level_centroids(sample, nlist)
+        self._index.quantizer.add(centroids)
         self._index.is_trained = True  # a flat IVF's training is its quantizer's centroids
 
     def __len__(self) -> int:

@@ -22,8 +22,8 @@ import numpy as np
 # float32 inner products of unit vectors of length d are within this many units of d of
 # the true value (Higham's gamma_d with a margin); every angle below is widened by it
 _F32_DOT_ERROR = 1.2e-7
-# queries x cells entries per chunk of queries (bounds in float64 and masks: ~40 MB)
-_CHUNK_ENTRIES = 1 << 22
+# (queries x cells) entries per chunk of queries: a few float64 temporaries of 8 MB each
+_CHUNK_ENTRIES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ def cell_cones(index) -> Cones:
 
     ivf = faiss.extract_index_ivf(index)
     nlist, d = ivf.nlist, ivf.d
-    centroids = ivf.quantizer.reconstruct_n(0, nlist).astype(np.float32)
+    # an output array keeps faiss.contrib.torch_utils (pytorch-metric-learning imports it)
+    # from answering with a torch tensor
+    centroids = ivf.quantizer.reconstruct_n(0, nlist, x=np.empty((nlist, d), np.float32))
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     directions = np.where(norms > 0, centroids / np.where(norms > 0, norms, 1), 0)
     directions = np.ascontiguousarray(directions, dtype=np.float32)
@@ -90,7 +92,9 @@ def bounded_search(
     carry an ID selector, honoured in every round. The bound is over every stored vector, so
     it stays valid for any subset a selector keeps."""
     q = np.ascontiguousarray(q, dtype=np.float32)
-    rows = max(1, _CHUNK_ENTRIES // max(len(cones.sizes), 1))
+    if not len(q):
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), np.zeros(0, np.int64)
+    rows = max(1, _CHUNK_ENTRIES // max(len(cones.sizes), 2 * k, 1))
     if len(q) <= rows:
         return _bounded_chunk(index, cones, q, k, first, params)
     parts = [

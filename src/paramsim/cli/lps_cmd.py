@@ -244,8 +244,8 @@ def register(cli: click.Group) -> None:
         "--nlist",
         type=click.IntRange(1, 2**31 - 1),
         default=None,
-        help="ivf: the number of cells (default about 4 sqrt(models)). More cells make "
-        "`search --exact` read less.",
+        help="ivf: the number of cells (default about 4 sqrt(models); at most one per 39 "
+        "models). More cells than tasks make `search --exact` read less.",
     )
     @executor_options
     @device_option
