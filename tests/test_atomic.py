@@ -66,6 +66,17 @@ def test_a_users_file_inside_an_output_of_ours_makes_it_not_ours(tmp_path):
     assert (out / "thesis.tex").read_text() == "keep me"
 
 
+def test_the_refusal_names_the_users_file_first(tmp_path):
+    """Among many entries of ours, the one that blocks is the one worth naming."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("result.json", "plot.png", ".a.tmp", ".b.tmp"):
+        (out / name).write_text("{}")
+    (out / "zz-notes.txt").write_text("keep me")
+    with pytest.raises(ParamsimError, match=r"it holds zz-notes\.txt, "):
+        _refused(out, overwrite=True)
+
+
 def test_an_output_of_ours_needs_overwrite_and_is_then_swapped_in(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -184,6 +184,18 @@ def test_absurd_declared_dims_and_settings_are_refused(tmp_path):
         _refused(out, match)
 
 
+def test_ivf_cells_or_fields_that_index_json_gets_wrong_are_refused(tmp_path):
+    out = _build(tmp_path / "i", "ivf", n=400)
+    doc = json.loads((out / META_FILE).read_text())
+    assert doc["params"]["nlist"] == 10
+    for params in ({**doc["params"], "nlist": 5}, {**doc["params"], "nlist": 0}, None):
+        (out / META_FILE).write_text(json.dumps({**doc, "params": params}))
+        _refused(out, "declares (5|0) ivf cells, index.faiss holds 10")
+    for field in ("params", "kind"):
+        (out / META_FILE).write_text(json.dumps({k: v for k, v in doc.items() if k != field}))
+        _refused(out, f"index.json lacks the field '{field}'")
+
+
 def test_fp16_code_matches_faiss():
     import faiss
 

@@ -111,7 +111,9 @@ def check_output_dir(
     if p.resolve() == here or p.resolve() in here.parents:
         raise ParamsimError(f"--out {p} holds the working directory; choose a new directory")
     try:
-        entries = sorted(e.name for e in p.iterdir())
+        # what blocks comes first in the message: entries that are not this command's
+        entries = sorted((kind._entry_is_ours(e), e.name) for e in p.iterdir())
+        entries = [name for _, name in entries]
         ours = kind.holds(p)
     except OSError as exc:
         raise ParamsimError(

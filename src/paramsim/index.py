@@ -564,6 +564,8 @@ class EmbeddingIndex:
             n_vectors = n  # what the faiss file must hold
         except (KeyError, TypeError, ValueError, OSError) as exc:
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if isinstance(exc, KeyError):
+                why = f"{META_FILE} lacks the field {why}"
             raise ParamsimError(f"{d} is damaged ({why}); rebuild the index") from exc
         digest, size = doc.get("index_sha256"), doc.get("index_bytes")
         if not (digest is None or isinstance(digest, str)) or not (
@@ -585,6 +587,13 @@ class EmbeddingIndex:
         except (RuntimeError, OSError) as exc:
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ParamsimError(f"{d} is damaged ({why}); rebuild the index") from exc
+        if out.kind == "ivf":
+            cells = int(out._index.nlist)
+            if out.params["nlist"] != cells:
+                raise ParamsimError(
+                    f"{d} is inconsistent: {META_FILE} declares {out.params['nlist']} ivf cells, "
+                    f"{INDEX_FILE} holds {cells}; rebuild the index"
+                )
         ntotal, dims = int(out._index.ntotal), int(out._index.d)
         if ntotal != n_vectors or dims != out.dim or len(out.ids) != ntotal:
             raise ParamsimError(

@@ -11,6 +11,7 @@ def test_cli_search_exact_and_nlist(tiny_zoo, lps_model, tmp_path, capsys):
     base = ["index", "build", str(tiny_zoo), "--model", str(lps_model), "-q"]
     assert main([*base, "--out", str(ivf), "--kind", "ivf", "--nlist", "3"]) == 0
     assert EmbeddingIndex.load(ivf).params["nlist"] == 1  # at most one cell per 39 models
+    assert "--nlist 3 lowered to 1 cells" in capsys.readouterr().err
     assert main([*base, "--out", str(flat)]) == 0
     assert main([*base, "--out", str(hnsw), "--kind", "hnsw"]) == 0
     capsys.readouterr()
@@ -22,3 +23,7 @@ def test_cli_search_exact_and_nlist(tiny_zoo, lps_model, tmp_path, capsys):
     assert "cannot search exactly" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "x"), "--nlist", "8"]) == 2
     assert "--nlist" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    fp16_ivf = [*base, "--out", str(tmp_path / "y"), "--kind", "ivf", "--fp16"]
+    assert main(fp16_ivf) == 2
+    assert "--fp16 is for --kind exact" in capsys.readouterr().err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".y")]  # no work done

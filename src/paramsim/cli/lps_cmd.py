@@ -275,6 +275,8 @@ def register(cli: click.Group) -> None:
         check_output_dir(out, INDEX_OUTPUT, overwrite)  # first: the cheapest refusal
         if nlist is not None and kind != "ivf":
             raise ParamsimError("--nlist sets an ivf index's cells; drop it or use --kind ivf")
+        if fp16 and kind != "exact":
+            raise ParamsimError("--fp16 is for --kind exact only; drop --fp16 or --kind")
         set_threads(threads)
         set_seed(seed)
         items, emb, archs, parts = embed_sources(
@@ -308,6 +310,12 @@ def register(cli: click.Group) -> None:
             idx.save(tmp)
         parts.clear()
         click.echo(f"indexed {len(idx)} models of {', '.join(sources)} in {out} ({kind})")
+        if nlist is not None and idx.params["nlist"] < nlist:
+            click.echo(
+                f"note: --nlist {nlist} lowered to {idx.params['nlist']} cells, one per 39 "
+                "models at most",
+                err=True,
+            )
 
     @cli.command("search")
     @click.argument("query")
