@@ -68,9 +68,11 @@ def _assert_exhaustive(x, q, k, scores, pos):
 def test_the_answer_is_the_exhaustive_scans(seed, n, dim, clusters, spread, nlist, k, first):
     x, q = _data(seed, n, dim, clusters, spread, zeros=n // 20, dups=n // 10)
     index = _ivf(x, min(nlist, n))
-    scores, pos, scanned = bounded_search(index, cell_cones(index), q, k, first=first)
+    cones = cell_cones(index)
+    scores, pos, scanned, read = bounded_search(index, cones, q, k, first=first)
     _assert_exhaustive(x, q, k, scores, pos)
     assert (scanned >= 1).all() and (scanned <= index.nlist).all()
+    assert (read >= k).all() and (read <= n).all()
 
 
 def test_many_queries_are_answered_in_chunks_alike(monkeypatch):
@@ -113,13 +115,13 @@ def test_tight_cells_are_skipped_and_structureless_data_reads_every_cell():
     """The counter-test of the first: a bound of 1 everywhere would pass it, and skip nothing."""
     x, q = _data(0, 4000, 32, 40, 0.1, zeros=0, dups=0)
     index = _ivf(x, 80)
-    *_, scanned = bounded_search(index, cell_cones(index), q, 10, first=2)
-    assert scanned.max() <= 8  # a query's own cluster's cells, of 80
+    *_, scanned, read = bounded_search(index, cell_cones(index), q, 10, first=2)
+    assert scanned.max() <= 8 and read.max() < 0.15 * len(x)  # a query's own cluster's cells, of 80
     rng = np.random.default_rng(1)
     u, uq = _unit(rng.normal(size=(4000, 64))), _unit(rng.normal(size=(7, 64)))
     index = _ivf(u, 80)
-    *_, scanned = bounded_search(index, cell_cones(index), uq, 10, first=2)
-    assert scanned.min() >= 70
+    *_, scanned, read = bounded_search(index, cell_cones(index), uq, 10, first=2)
+    assert scanned.min() >= 70 and read.min() > 0.8 * len(u)
 
 
 def _clustered_index(kind="ivf", n=3000, **params):

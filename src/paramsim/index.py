@@ -140,6 +140,7 @@ class EmbeddingIndex:
         self.local_ids = np.zeros(0, dtype=np.int64)
         self._tasks, self._archs, self._sources = _Vocab(), _Vocab(), _Vocab()
         self._cones = None  # ivf: each cell's cone for exact search, made on first use
+        self.exact_read_share: float | None = None  # of the vectors, by the last exact search
 
     # ------------------------------------------------------------------ building
     def _new_index(self, n: int):
@@ -352,7 +353,8 @@ class EmbeddingIndex:
         if keep is not None and len(keep) <= EXACT_SUBSET:
             scores, pos = self._exact_subset(q, keep, k)
         elif exact and self.kind == "ivf":
-            scores, pos, _ = self.bounded_search(q, k, keep, first=nprobe)
+            scores, pos, _, read = self.bounded_search(q, k, keep, first=nprobe)
+            self.exact_read_share = float(read.mean()) / max(len(self), 1) if len(q) else 0.0
         else:
             params = self._params(keep, ef_search, nprobe, k)
             # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces
@@ -366,7 +368,7 @@ class EmbeddingIndex:
         self, q: np.ndarray, k: int, keep: np.ndarray | None = None, first: int | None = None
     ):
         """ivf: the exact top k of unit queries over the kept positions, (scores, positions,
-        cells scanned per query); see `paramsim.index_bounded`."""
+        cells scanned and vectors in them per query); see `paramsim.index_bounded`."""
         from paramsim.index_bounded import bounded_search, cell_cones
 
         if self._cones is None:

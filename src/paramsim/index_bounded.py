@@ -84,16 +84,17 @@ def upper_bounds(cones: Cones, q: np.ndarray) -> np.ndarray:
 
 def bounded_search(
     index, cones: Cones, q: np.ndarray, k: int, *, first: int = 16, params=None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The exact top-k of unit queries `q` by inner product: (scores, positions, cells
-    scanned per query), best first, position -1 where fewer than k vectors pass.
+    scanned, vectors in them), best first, position -1 where fewer than k vectors pass.
 
     `first` cells are scanned in the first round; `params` (faiss SearchParametersIVF) may
     carry an ID selector, honoured in every round. The bound is over every stored vector, so
     it stays valid for any subset a selector keeps."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     if not len(q):
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), np.zeros(0, np.int64)
+        none = np.zeros(0, np.int64)
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), none, none
     rows = max(1, _CHUNK_ENTRIES // max(len(cones.sizes), 2 * k, 1))
     if len(q) <= rows:
         return _bounded_chunk(index, cones, q, k, first, params)
@@ -121,7 +122,7 @@ def _bounded_chunk(index, cones: Cones, q: np.ndarray, k: int, first: int, param
         eligible = (bound >= kth) & (bound > -np.inf) & ~scanned
         width = int(min(eligible.sum(axis=1).max(), step))
         if width == 0:
-            return best_s, best_p, scanned.sum(axis=1)
+            return best_s, best_p, scanned.sum(axis=1), scanned @ cones.sizes
         # each query's `width` highest eligible bounds, in no order (a full sort of every
         # cell's bound cost more than the scan itself at 20,000 cells)
         masked = np.where(eligible, bound, -np.inf)

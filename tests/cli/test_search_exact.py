@@ -18,7 +18,9 @@ def test_cli_search_exact_and_nlist(tiny_zoo, lps_model, tmp_path, capsys):
     assert main(["search", str(tiny_zoo), "--index", str(flat), "-k", "4"]) == 0
     want = capsys.readouterr().out
     assert main(["search", str(tiny_zoo), "--index", str(ivf), "-k", "4", "--exact"]) == 0
-    assert capsys.readouterr().out == want
+    out, err = capsys.readouterr()
+    assert out == want
+    assert "note: --exact read 100% of the stored vectors" in err  # one cell: all of them
     assert main(["search", str(tiny_zoo), "--index", str(hnsw), "--exact"]) == 2
     assert "cannot search exactly" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "x"), "--nlist", "8"]) == 2

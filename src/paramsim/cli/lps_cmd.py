@@ -377,6 +377,13 @@ def register(cli: click.Group) -> None:
         scores, ids = idx.search(
             lps.embed(models.networks), k, tasks=tasks, archs=archs, min_acc=min_acc, exact=exact
         )
+        if exact and (idx.exact_read_share or 0) > 0.5 and not quiet:
+            click.echo(
+                f"note: --exact read {idx.exact_read_share:.0%} of the stored vectors; an ivf "
+                "index with more cells than tasks reads far fewer (index build --nlist, "
+                "docs/SCALING.md)",
+                err=True,
+            )
         refs = idx.n_sources > 1  # name where each hit came from when it is not one zoo
         for q, (label, task) in enumerate(zip(models.labels, models.tasks, strict=True)):
             if q:
