@@ -297,6 +297,8 @@ def register(cli: click.Group) -> None:
             "model": str(Path(model_dir).resolve()),
             "model_sha256": model_checksum(model_dir),
         }
+        if kind != "exact" and not quiet:  # k-means or graph building: minutes at 1M models
+            click.echo(f"building the {kind} index over {len(items)} models...", err=True)
         with atomic_dir(out, INDEX_OUTPUT, overwrite) as tmp:
             idx = build_index(
                 items,
