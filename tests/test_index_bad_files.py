@@ -191,6 +191,8 @@ def test_ivf_cells_or_fields_that_index_json_gets_wrong_are_refused(tmp_path):
     for params in ({**doc["params"], "nlist": 5}, {**doc["params"], "nlist": 0}, None):
         (out / META_FILE).write_text(json.dumps({**doc, "params": params}))
         _refused(out, "declares (5|0) ivf cells, index.faiss holds 10")
+    (out / META_FILE).write_text(json.dumps({**doc, "storage": "fp16"}))
+    assert "--fp16" not in str(_refused(out, "pairs fp16 storage with kind .ivf."))
     for field in ("params", "kind"):
         (out / META_FILE).write_text(json.dumps({k: v for k, v in doc.items() if k != field}))
         _refused(out, f"index.json lacks the field '{field}'")

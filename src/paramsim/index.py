@@ -532,6 +532,8 @@ class EmbeddingIndex:
                 "rebuild the index"
             )
         try:
+            if doc.get("storage", "flat") == "fp16" and doc.get("kind") != "exact":
+                raise ValueError(f"{META_FILE} pairs fp16 storage with kind {doc.get('kind')!r}")
             try:
                 out = cls(
                     dim, doc.get("meta"), doc.get("storage", "flat"), doc["kind"], doc["params"]
