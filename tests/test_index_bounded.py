@@ -138,6 +138,9 @@ def test_index_exact_search_equals_the_flat_index_and_survives_save_and_add(tmp_
     s_flat, i_flat = flat.search(q, 10)
     s, i = idx.search(q, 10, exact=True)
     np.testing.assert_allclose(s, s_flat, atol=1e-6)
+    assert 0 < idx.exact_read_share < 0.5  # clustered: most cells skipped
+    idx.search(q, 10)
+    assert idx.exact_read_share is None  # only an exact search reports what it read
     _, approx = idx.search(q, 10, nprobe=1)
     assert (approx != i_flat).any()  # one cell is not enough here: exact did more
     idx.save(tmp_path / "ivf")

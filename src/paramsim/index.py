@@ -342,6 +342,7 @@ class EmbeddingIndex:
                 "an hnsw index cannot search exactly; drop --exact, or build the index with "
                 "--kind ivf or --kind exact"
             )
+        self.exact_read_share = None  # set below only by a bounded ivf search
         q = _unit(np.atleast_2d(queries))
         if q.shape[1] != self.dim:
             raise ParamsimError(f"queries have {q.shape[1]} dims; the index holds {self.dim}")
