@@ -69,6 +69,12 @@ def main() -> None:
     ap.add_argument(
         "--exact-nlist", default="4000,16000", help="ivf-exact: cells of each index tried"
     )
+    ap.add_argument(
+        "--select",
+        action="store_true",
+        help="ivf-exact: also time a whole weights-only selection (embed one trained probe "
+        "model with a default LPS, then one --exact query); needs --dim 256",
+    )
     ap.add_argument("--batch", type=int, default=100, help="also time exact in batches of this")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -190,8 +196,33 @@ def main() -> None:
                 "(mean over the queries)",
                 flush=True,
             )
+            if args.select:
+                for t in threads:
+                    print(f"  selection, {t} thread(s): {selection_ms(idx, k, t):.2f} ms each")
             del idx
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+def selection_ms(idx, k: int, threads: int, n: int = 200) -> float:
+    """ms per weights-only source selection once the probe model is trained: its LPS
+    embedding (a default LPS on an MLP 64-32-32-2; untrained weights cost the same) and one
+    exact query, one probe per call."""
+    import faiss
+    import torch
+
+    from bench_lps import random_mlps
+    from paramsim.lps import LPSConfig, LPSNet
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    net = LPSNet(LPSConfig(input_shape=(1, 8, 8)))
+    probes = random_mlps(n + 5, seed=1)
+    for probe in probes[:5]:
+        idx.search(net.embed([probe]), k, exact=True)
+    start = time.perf_counter()
+    for probe in probes[5:]:
+        idx.search(net.embed([probe]), k, exact=True)
+    return (time.perf_counter() - start) / n * 1e3
 
 
 def read_share(idx, q: np.ndarray, k: int) -> tuple[float, float]:
