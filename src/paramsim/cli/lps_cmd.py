@@ -381,9 +381,9 @@ def register(cli: click.Group) -> None:
         )
         if exact and (idx.exact_read_share or 0) > 0.5 and not quiet:
             click.echo(
-                f"note: --exact read {idx.exact_read_share:.0%} of the stored vectors; an ivf "
-                "index with more cells than tasks reads far fewer (index build --nlist, "
-                "docs/SCALING.md)",
+                f"note: --exact read {idx.exact_read_share:.0%} of the stored vectors: the "
+                "query has no near neighbour, or the index too few cells (index build "
+                "--nlist, docs/SCALING.md)",
                 err=True,
             )
         refs = idx.n_sources > 1  # name where each hit came from when it is not one zoo
