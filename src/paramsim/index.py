@@ -374,9 +374,9 @@ class EmbeddingIndex:
 
         if self._cones is None:
             self._cones = cell_cones(self._index)
-        params = None if keep is None else self._params(keep, None, None, k)
+        selector = None if keep is None else self._selector(keep)
         return bounded_search(
-            self._index, self._cones, q, k, first=first or self.params["nprobe"], params=params
+            self._index, self._cones, q, k, first=first or self.params["nprobe"], selector=selector
         )
 
     def _exact_subset(self, q: np.ndarray, keep: np.ndarray, k: int):

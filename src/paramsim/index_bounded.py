@@ -83,13 +83,13 @@ def upper_bounds(cones: Cones, q: np.ndarray) -> np.ndarray:
 
 
 def bounded_search(
-    index, cones: Cones, q: np.ndarray, k: int, *, first: int = 16, params=None
+    index, cones: Cones, q: np.ndarray, k: int, *, first: int = 16, selector=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The exact top-k of unit queries `q` by inner product: (scores, positions, cells
     scanned, vectors in them), best first, position -1 where fewer than k vectors pass.
 
-    `first` cells are scanned in the first round; `params` (faiss SearchParametersIVF) may
-    carry an ID selector, honoured in every round. The bound is over every stored vector, so
+    `first` cells are scanned in the first round; a faiss ID `selector`, when given, is
+    honoured in every round. The bound is over every stored vector, so
     it stays valid for any subset a selector keeps."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     if not len(q):
@@ -97,15 +97,15 @@ def bounded_search(
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), none, none
     rows = max(1, _CHUNK_ENTRIES // max(len(cones.sizes), 2 * k, 1))
     if len(q) <= rows:
-        return _bounded_chunk(index, cones, q, k, first, params)
+        return _bounded_chunk(index, cones, q, k, first, selector)
     parts = [
-        _bounded_chunk(index, cones, q[i : i + rows], k, first, params)
+        _bounded_chunk(index, cones, q[i : i + rows], k, first, selector)
         for i in range(0, len(q), rows)
     ]
     return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
-def _bounded_chunk(index, cones: Cones, q: np.ndarray, k: int, first: int, params):
+def _bounded_chunk(index, cones: Cones, q: np.ndarray, k: int, first: int, selector):
     """`bounded_search` of one chunk of queries: its (queries, cells) arrays fit in memory."""
     import faiss
 
@@ -133,7 +133,7 @@ def _bounded_chunk(index, cones: Cones, q: np.ndarray, k: int, first: int, param
         )
         ok = np.take_along_axis(eligible, picks, axis=1)
         np.put_along_axis(scanned, picks, ok | np.take_along_axis(scanned, picks, 1), axis=1)
-        scores, pos = _search_cells(ivf, q, k, np.where(ok, picks, -1), params)
+        scores, pos = _search_cells(ivf, q, k, np.where(ok, picks, -1), selector)
         scores = np.where(pos >= 0, scores, -np.inf)
         all_s = np.concatenate([best_s, scores], axis=1)
         all_p = np.concatenate([best_p, pos], axis=1)
@@ -143,14 +143,14 @@ def _bounded_chunk(index, cones: Cones, q: np.ndarray, k: int, first: int, param
         step *= 2
 
 
-def _search_cells(ivf, q: np.ndarray, k: int, assign: np.ndarray, params):
+def _search_cells(ivf, q: np.ndarray, k: int, assign: np.ndarray, selector):
     """faiss's scan of the given cells per query (-1: none), through the selector if any."""
     import faiss
 
     width = assign.shape[1]
     run = faiss.SearchParametersIVF(nprobe=width)
-    if params is not None and params.sel is not None:
-        run.sel = params.sel
+    if selector is not None:
+        run.sel = selector
     assign = np.ascontiguousarray(assign, dtype=np.int64)
     centroid_dis = np.zeros(assign.shape, np.float32)  # unused by a flat IVF scan
     scores = np.empty((len(q), k), np.float32)
