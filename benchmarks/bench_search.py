@@ -4,15 +4,20 @@
     python benchmarks/bench_search.py                       # 1M clustered vectors, dim 128
     python benchmarks/bench_search.py --data uniform        # the worst case: no structure
     python benchmarks/bench_search.py --kinds exact,ivf-exact --exact-nlist 4000,16000
+    python benchmarks/bench_search.py --kinds hnsw,ivf-exact --near 0.4 --select   # far queries
 
 Data: `clustered` draws models around n/100 task centres (cosine within a task about 0.8,
 across tasks about 0), the shape LPS embeddings have; queries are new models of the same
 tasks. `uniform` is uniform on the sphere, where no index can use structure. Ground truth is
 the exact float32 scan. `ivf-exact` is `search --exact` on an ivf index of each
 --exact-nlist: the exhaustive answer from the cells whose bound can hold it; it prints the
-share of cells and of vectors read. Every search goes through
-`paramsim.index.EmbeddingIndex`, one query per call (what `paramsim search` does), timed over
---queries queries after a warm-up.
+share of cells and of vectors read. `--near A` makes the queries far instead: each at cosine
+A to one task centre and random otherwise, as a new task's probe model is (in `paramsim
+reproduce`'s transfer run a probe's most similar stored model of another task had a median
+LPS cosine of 0.42: `benchmarks/probe_nearness.py`). `--select` also times whole selections:
+one probe model embedded by a default LPS, then one query, for every kind tried. Every
+search goes through `paramsim.index.EmbeddingIndex`, one query per call (what `paramsim
+search` does), timed over --queries queries after a warm-up.
 """
 
 from __future__ import annotations
@@ -37,6 +42,17 @@ def make_data(n: int, dim: int, kind: str, seed: int, centres: np.ndarray | None
             x = x + 0.5 * rng.standard_normal((m, dim), dtype=np.float32)
         out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
+
+
+def far_queries(n: int, centres: np.ndarray, cosine: float, seed: int) -> np.ndarray:
+    """Unit vectors at `cosine` to a random centre's direction, random in the rest."""
+    rng = np.random.default_rng(seed)
+    u = centres[rng.integers(0, len(centres), n)]
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    r = rng.standard_normal(u.shape).astype(np.float32)
+    r -= np.sum(r * u, axis=1, keepdims=True) * u
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    return (cosine * u + np.sqrt(1 - cosine**2) * r).astype(np.float32)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -72,8 +88,15 @@ def main() -> None:
     ap.add_argument(
         "--select",
         action="store_true",
-        help="ivf-exact: also time a whole weights-only selection (embed one trained probe "
-        "model with a default LPS, then one --exact query); needs --dim 256",
+        help="also time a whole weights-only selection for every kind tried (embed one "
+        "probe model with a default LPS, then one query); needs --dim 256",
+    )
+    ap.add_argument(
+        "--near",
+        type=float,
+        default=None,
+        help="far queries: at this cosine to one task centre (a new task's probe), not new "
+        "models of stored tasks",
     )
     ap.add_argument("--batch", type=int, default=100, help="also time exact in batches of this")
     ap.add_argument("--seed", type=int, default=0)
@@ -99,7 +122,12 @@ def main() -> None:
         centres = rng.standard_normal((max(1, args.n // 100), args.dim), dtype=np.float32)
     t0 = time.perf_counter()
     x = make_data(args.n, args.dim, args.data, args.seed, centres)
-    q = make_data(args.queries, args.dim, args.data, args.seed + 1, centres)
+    if args.near is not None:
+        if centres is None or not 0 <= args.near < 1:
+            raise SystemExit("--near needs --data clustered and a cosine in [0, 1)")
+        q = far_queries(args.queries, centres, args.near, args.seed + 1)
+    else:
+        q = make_data(args.queries, args.dim, args.data, args.seed + 1, centres)
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(
         f"data: {args.n:,} x {args.dim} {args.data}, {args.queries} queries "
@@ -128,7 +156,12 @@ def main() -> None:
 
     exact, _ = built("exact", lambda: EmbeddingIndex(args.dim))
     faiss.omp_set_num_threads(max(threads))
-    truth = exact.search(q, k)[1]
+    scores, truth = exact.search(q, k)
+    print(
+        "queries' best cosine to a stored vector: median "
+        f"{np.median(scores[:, 0]):.3f}, 10th best median {np.median(scores[:, -1]):.3f}"
+    )
+    selection = Selection(args.queries, k, exact) if args.select else None
     if args.build_only:
         for name, make in (
             ("fp16", lambda: EmbeddingIndex(args.dim, storage="fp16")),
@@ -173,6 +206,8 @@ def main() -> None:
                 ms, ids = time_single(idx, q, k, **{key: v})
                 row(f"{kind}{extra} {key} {v}", build, t, recall(ids, truth), ms)
                 build = None
+                if selection is not None:
+                    selection.report(idx, t, **{key: v})
         del idx
     if "ivf-exact" in kinds:
         for nlist in (int(s) for s in args.exact_nlist.split(",")):
@@ -196,33 +231,52 @@ def main() -> None:
                 "(mean over the queries)",
                 flush=True,
             )
-            if args.select:
+            if selection is not None:
                 for t in threads:
-                    print(f"  selection, {t} thread(s): {selection_ms(idx, k, t):.2f} ms each")
+                    selection.report(idx, t, exact=True)
             del idx
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
-def selection_ms(idx, k: int, threads: int, n: int = 200) -> float:
-    """ms per weights-only source selection once the probe model is trained: its LPS
-    embedding (a default LPS on an MLP 64-32-32-2; untrained weights cost the same) and one
-    exact query, one probe per call."""
-    import faiss
-    import torch
+class Selection:
+    """Whole weights-only source selections once the probe model is trained: its LPS
+    embedding (a default, untrained LPS on a random MLP 64-32-32-2: trained weights cost the
+    same) and one query, one probe per call. The probes' exact answers come from the flat
+    scan, so an approximate kind's recall is measured on the same far queries."""
 
-    from bench_lps import random_mlps
-    from paramsim.lps import LPSConfig, LPSNet
+    def __init__(self, n: int, k: int, exact) -> None:
+        from bench_lps import random_mlps
+        from paramsim.lps import LPSConfig, LPSNet
 
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-    net = LPSNet(LPSConfig(input_shape=(1, 8, 8)))
-    probes = random_mlps(n + 5, seed=1)
-    for probe in probes[:5]:
-        idx.search(net.embed([probe]), k, exact=True)
-    start = time.perf_counter()
-    for probe in probes[5:]:
-        idx.search(net.embed([probe]), k, exact=True)
-    return (time.perf_counter() - start) / n * 1e3
+        self.k = k
+        self.net = LPSNet(LPSConfig(input_shape=(1, 8, 8)))
+        self.probes = random_mlps(n + 5, seed=1)
+        vectors = self.net.embed(self.probes[5:])
+        scores, self.truth = exact.search(vectors, k)
+        print(
+            f"selection probes: {n}, best cosine to a stored vector median "
+            f"{np.median(scores[:, 0]):.3f}"
+        )
+
+    def report(self, idx, threads: int, **search_kw) -> None:
+        import faiss
+        import torch
+
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+        for probe in self.probes[:5]:
+            idx.search(self.net.embed([probe]), self.k, **search_kw)
+        ids = np.empty_like(self.truth)
+        start = time.perf_counter()
+        for i, probe in enumerate(self.probes[5:]):
+            ids[i] = idx.search(self.net.embed([probe]), self.k, **search_kw)[1][0]
+        ms = (time.perf_counter() - start) / len(ids) * 1e3
+        setting = ", ".join(f"{key} {v}" for key, v in search_kw.items())
+        print(
+            f"  selection ({setting}), {threads} thread(s): {ms:.2f} ms each, "
+            f"recall@{self.k} {recall(ids, self.truth):.4f}",
+            flush=True,
+        )
 
 
 def read_share(idx, q: np.ndarray, k: int) -> tuple[float, float]:
