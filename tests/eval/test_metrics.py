@@ -215,3 +215,24 @@ def test_std_when_all_but_one_split_is_nan_is_undefined():
     from paramsim.eval.scoring import mean_std
 
     assert got["mean"] == 0.7 and math.isnan(got["std"])
+
+
+def test_task_ap_names_the_confused_task():
+    # tasks 0 and 1 (two models each) are separated perfectly; task 2's models each rank a
+    # task-1 model first: AP 1/2 for both of them
+    lab = np.array([0, 0, 1, 1, 2, 2])
+    S = np.full((6, 6), 0.0)
+    for a, b in ((0, 1), (2, 3)):
+        S[a, b] = S[b, a] = 1.0
+    S[4, 5] = S[5, 4] = 0.5
+    S[4, 2] = S[2, 4] = S[5, 3] = S[3, 5] = 0.8
+    r = metrics.retrieval(S, lab, range(6), range(6))
+    assert r.task_ap() == pytest.approx({0: 1.0, 1: 1.0, 2: 0.5})
+    assert np.mean(list(r.task_ap().values())) == pytest.approx(r.map)  # equal query counts
+
+
+def test_task_ap_leaves_out_queries_without_a_partner():
+    lab = np.array([0, 0, 1])
+    S = np.eye(3) + 0.1
+    S[0, 1] = S[1, 0] = 0.9
+    assert metrics.retrieval(S, lab, range(3), range(3)).task_ap() == pytest.approx({0: 1.0})

@@ -76,3 +76,32 @@ def test_render_error_writes_nothing(results, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         report.write_report(results, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_per_task_ap_over_the_splits_that_held_each_task_out(results):
+    held = {}
+    for d in results["split_details"]:
+        for t in d["test_tasks"]:
+            held[results["tasks"][t]] = held.get(results["tasks"][t], 0) + 1
+    for name in ("flat", "noise"):
+        task_ap = results["methods"][name]["task_ap"]
+        assert {t: v["splits"] for t, v in task_ap.items()} == held
+        # every query has the same number of same-task partners here, so the mean of the
+        # per-task APs weighted by splits is the mean of the per-split mAPs
+        weighted = sum(v["mean"] * v["splits"] for v in task_ap.values()) / sum(held.values())
+        assert weighted == pytest.approx(results["methods"][name]["map"]["mean"])
+
+
+def test_hardest_tasks_table_lists_the_best_methods_worst_task_first(results):
+    res = json.loads(json.dumps(report.jsonable(results)))
+    best = report.best_method(res)
+    per_task = res["methods"][best]["task_ap"]
+    worst = min(per_task, key=lambda t: per_task[t]["mean"])
+    text = report.format_hardest(res, n=3)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "splits" not in line]
+    assert len(rows) == min(3, len(per_task))
+    assert rows[0].startswith(f"| {worst} |")
+    assert "| flat | noise |" in text
+    assert text in report.format_markdown(res)
+    del res["methods"][best]["task_ap"]  # results.json of an older version: no section
+    assert report.format_hardest(res) == ""

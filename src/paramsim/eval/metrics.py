@@ -34,6 +34,14 @@ class RetrievalScores:
     cmc: np.ndarray
     n_queries: int  # queries that had at least one relevant gallery item
     ap: np.ndarray = field(repr=False)  # per valid query
+    query_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+
+    def task_ap(self) -> dict[int, float]:
+        """Mean AP of each task's queries: which tasks a method confuses, not only how much."""
+        return {
+            int(t): float(self.ap[self.query_labels == t].mean())
+            for t in np.unique(self.query_labels)
+        }
 
     def rank(self, k: int) -> float:
         if len(self.cmc) == 0:
@@ -90,7 +98,7 @@ def retrieval(
     longest = len(g) - (1 if np.intersect1d(q, g).size else 0)
     max_rank = longest if max_rank is None else min(max_rank, longest)
     max_rank = max(max_rank, 0)
-    aps, cmcs = [], []
+    aps, cmcs, kept = [], [], []
     for qi in q:
         keep = g != qi
         cand = g[keep]
@@ -100,10 +108,15 @@ def retrieval(
         scores = S[qi, cand]
         aps.append(average_precision(scores, rel))
         cmcs.append(first_hit_cmc(scores, rel, max_rank))
+        kept.append(labels[qi])
     if not aps:
         return RetrievalScores(float("nan"), np.zeros(0), 0, np.zeros(0))
     return RetrievalScores(
-        float(np.mean(aps)), np.mean(cmcs, axis=0), len(aps), np.asarray(aps, dtype=np.float64)
+        float(np.mean(aps)),
+        np.mean(cmcs, axis=0),
+        len(aps),
+        np.asarray(aps, dtype=np.float64),
+        np.asarray(kept, dtype=np.int64),
     )
 
 

@@ -16,7 +16,7 @@ from paramsim.data import Task, relation_matrix
 from paramsim.errors import ParamsimError
 from paramsim.eval import metrics
 from paramsim.eval.extra import ExtraModels, allowed_extra, compatible, network_digest
-from paramsim.eval.scoring import SCORES, mean_curve, mean_std, score_split
+from paramsim.eval.scoring import SCORES, mean_curve, mean_std, mean_task_ap, score_split
 from paramsim.eval.splits import Split, index_tasks
 from paramsim.features.adapter import accepts_val
 from paramsim.features.base import Context, Method
@@ -278,7 +278,8 @@ def _evaluate_method(
         similarity_seconds=sim_s,
         models_per_s=embedded / sim_s if sim_s > 0 else float("inf"),
         cmc=mean_curve([s["cmc"] for s in per_split]),
-        per_split=[{k: v for k, v in s.items() if k != "cmc"} for s in per_split],
+        task_ap=mean_task_ap([s["task_ap"] for s in per_split], [t.name for t in setup.tasks]),
+        per_split=[{k: v for k, v in s.items() if k not in ("cmc", "task_ap")} for s in per_split],
         task_similarity=example,
     )
     return entry

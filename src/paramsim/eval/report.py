@@ -121,10 +121,39 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         "- seen-task acc: nearest-task-mean classification of withheld models of training "
         "tasks against the training models.",
     ]
+    hardest = format_hardest(results)
+    if hardest:
+        parts += ["", hardest]
     total = results.get("wall_seconds", results.get("total_seconds"))
     if total is not None:
         parts += ["", f"Total time: {total:.1f} s."]
     return "\n".join(parts) + "\n"
+
+
+def format_hardest(results: Mapping[str, Any], n: int = 5) -> str:
+    """The n held-out tasks the best method retrieves worst, with every method's AP on them:
+    a low mAP says how much a method confuses, this says which tasks."""
+    best = best_method(results)
+    methods = results.get("methods", {})
+    if best is None or not methods[best].get("task_ap"):
+        return ""
+    per_task = methods[best]["task_ap"]
+    worst = sorted(per_task, key=lambda t: (per_task[t]["mean"], t))[:n]
+    names = [m for m in method_order(results) if methods.get(m, {}).get("task_ap")]
+    lines = [
+        f"Hardest held-out tasks for {best} (mean AP of each task's queries over the splits "
+        "that held it out):",
+        "",
+        "| task | splits | " + " | ".join(names) + " |",
+        "|" + "---|" * (len(names) + 2),
+    ]
+    for task in worst:
+        cells = [task, str(per_task[task]["splits"])]
+        for name in names:
+            ap = methods[name]["task_ap"].get(task, {}).get("mean")
+            cells.append("–" if ap is None else f"{ap:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def best_method(results: Mapping[str, Any]) -> str | None:

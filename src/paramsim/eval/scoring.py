@@ -54,6 +54,7 @@ def score_split(
         ),
         "n_queries": ret.n_queries,
         "cmc": ret.cmc.tolist(),
+        "task_ap": ret.task_ap(),  # task label -> mean AP of its queries
     }
     return out
 
@@ -65,6 +66,20 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
         return {"mean": float("nan"), "std": float("nan")}
     std = float(v.std(ddof=1)) if v.size > 1 else float("nan")
     return {"mean": float(v.mean()), "std": std}
+
+
+def mean_task_ap(
+    per_split: Sequence[Mapping[int, float]], task_names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Per task, its mean AP over the splits that held it out, and how many did."""
+    collected: dict[int, list[float]] = {}
+    for split in per_split:
+        for task, ap in split.items():
+            collected.setdefault(int(task), []).append(ap)
+    return {
+        task_names[t]: {"mean": float(np.mean(v)), "splits": len(v)}
+        for t, v in sorted(collected.items())
+    }
 
 
 def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
