@@ -350,9 +350,34 @@ def register(cli: click.Group) -> None:
         help="ivf index: the exhaustive scan's answer, reading only the cells that could hold "
         "one of the top k (an exact index is exact already).",
     )
+    @click.option(
+        "--nprobe",
+        type=click.IntRange(1, None),
+        default=None,
+        help="ivf index: cells scanned per query (default: the index's, 16). A query far from "
+        "every stored model, such as a new task's probe, needs more (docs/SCALING.md).",
+    )
+    @click.option(
+        "--ef",
+        type=click.IntRange(1, None),
+        default=None,
+        help="hnsw index: candidates kept while walking the graph (default: the index's, 64).",
+    )
     @compute_options()
     def search_cmd(
-        query, index_dir, model_dir, k, tasks, archs, min_acc, exact, seed, threads, quiet
+        query,
+        index_dir,
+        model_dir,
+        k,
+        tasks,
+        archs,
+        min_acc,
+        exact,
+        nprobe,
+        ef,
+        seed,
+        threads,
+        quiet,
     ):
         """The stored models nearest to QUERY: a checkpoint file, ZOO:ID, or a whole zoo (a
         table per model of it)."""
@@ -367,6 +392,11 @@ def register(cli: click.Group) -> None:
                 f"{index_dir} is an hnsw index, which cannot search exactly; drop --exact, or "
                 "rebuild it with --kind ivf or --kind exact"
             )
+        for flag, value, kind in (("--nprobe", nprobe, "ivf"), ("--ef", ef, "hnsw")):
+            if value is not None and idx.kind != kind:
+                raise ParamsimError(
+                    f"{flag} is for an {kind} index; {index_dir} is {idx.kind}: drop {flag}"
+                )
         model_dir = model_dir or idx.meta.get("model")
         if not model_dir:
             raise ParamsimError(f"{index_dir} does not name its LPS model; give --model DIR")
@@ -377,7 +407,14 @@ def register(cli: click.Group) -> None:
         lps = _load_model(model_dir)
         models = resolve_models([query])
         scores, ids = idx.search(
-            lps.embed(models.networks), k, tasks=tasks, archs=archs, min_acc=min_acc, exact=exact
+            lps.embed(models.networks),
+            k,
+            tasks=tasks,
+            archs=archs,
+            min_acc=min_acc,
+            exact=exact,
+            nprobe=nprobe,
+            ef_search=ef,
         )
         if exact and (idx.exact_read_share or 0) > 0.5 and not quiet:
             click.echo(
