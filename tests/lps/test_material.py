@@ -1,4 +1,5 @@
-"""Probe start images: drawn from the training tasks' classes only, and where the probes start."""
+"""Probe start images and the input basis: drawn from the training tasks' classes only, and
+where the probes and the input projections start."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from paramsim.errors import ParamsimError
 from paramsim.features.base import Context
 from paramsim.lps import FitConfig, LPSConfig, LPSMethod
-from paramsim.lps.material import probe_start_images, zoo_material
+from paramsim.lps.material import input_basis, probe_start_images, zoo_material
 from paramsim.lps.model import PROBE_MARGIN, LPSNet
 from paramsim.zoo import Zoo
 
@@ -70,8 +71,8 @@ def test_fit_through_the_zoo_starts_probes_on_data_and_records_it(small_zoo, mon
     fc = FitConfig(**FAST, aux_tasks=0, val_fraction=0.0)
     started = []
 
-    def recording(cfg, seed=0, probe_images=None):
-        net = LPSNet(cfg, seed=seed, probe_images=probe_images)
+    def recording(cfg, seed=0, probe_images=None, **kw):
+        net = LPSNet(cfg, seed=seed, probe_images=probe_images, **kw)
         if cfg.func_branch:
             started.append(net.probes.detach().clone())
         return net
@@ -106,3 +107,72 @@ def test_a_zoo_rebuilt_in_place_is_read_again_not_served_from_the_cache(tmp_path
     nets, tasks = zoo_training_set(path)
     assert (len(first_nets), len(nets)) == (1, 4)
     assert {t.classes for t in tasks} != {t.classes for t in first_tasks}
+
+
+def _pixel_per_class(n_per_class: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of 2 x 2 pixels where class c lights pixel c alone, at a varying brightness."""
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = torch.zeros(len(y), 1, 2, 2)
+    x.view(len(y), -1)[torch.arange(len(y)), y] = torch.linspace(0.2, 1.0, len(y))
+    return x, y
+
+
+def test_input_basis_spans_the_given_classes_images_only():
+    x, y = _pixel_per_class(6, 4)
+    basis = input_basis(x, y, frozenset({0, 1}), 100, seed=0)
+    assert basis.shape == (5, 5)  # 4 pixels and the bias row
+    assert torch.allclose(basis.T @ basis, torch.eye(5), atol=1e-5)
+    top = basis[:, :3]  # pixels 0, 1 and the constant 1 carry all the second moment
+    assert torch.allclose(top[2:4], torch.zeros(2, 3), atol=1e-6)  # held-out pixels 2, 3
+    assert torch.equal(basis, input_basis(x, y, frozenset({0, 1}), 100, seed=0))
+    other = input_basis(x, y, frozenset({2, 3}), 100, seed=0)  # counter-test: it moves
+    assert torch.allclose(other[:2, :3], torch.zeros(2, 3), atol=1e-6)
+
+
+def test_input_basis_starts_projections_only_when_they_drop_directions():
+    wide = LPSConfig(input_shape=(1, 4, 4), **SMALL)  # 17 rows, 8 kept: projected
+    basis = torch.linalg.qr(torch.randn(17, 17, generator=torch.Generator().manual_seed(0)))[0]
+    started, plain = LPSNet(wide, seed=2, input_basis=basis), LPSNet(wide, seed=2)
+    assert wide.projects_inputs and started.started_on_data and not plain.started_on_data
+    for s in range(started.U.shape[0]):
+        assert torch.equal(started.U[s], basis[:, :8])
+    assert torch.equal(started.V, basis[:, :8])
+    others = dict(plain.named_parameters())
+    for name, a in started.named_parameters():
+        if name not in ("U", "V"):
+            assert torch.equal(a, others[name]), name
+    narrow = LPSConfig(input_shape=(1, 2, 2), **SMALL)  # 5 rows, all kept: nothing to choose
+    assert not narrow.projects_inputs
+    same = LPSNet(narrow, seed=2, input_basis=torch.eye(5))
+    assert not same.started_on_data
+    twin = LPSNet(narrow, seed=2).parameters()
+    for (name, a), b in zip(same.named_parameters(), twin, strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ParamsimError, match="input basis is"):
+        LPSNet(wide, input_basis=torch.eye(9))
+
+
+def test_fit_through_the_zoo_starts_projections_on_data_and_records_it(small_zoo):
+    z = Zoo.open(small_zoo)
+    nets, tasks = z.networks(), [r.task for r in z.records]
+    fc = FitConfig(**FAST, aux_tasks=0, val_fraction=0.0)
+    got = zoo_material(small_zoo, fc, tasks, 0, projects_inputs=True)
+    assert got.input_basis is not None and got.input_basis.shape == (65, 65)
+    assert zoo_material(small_zoo, fc, tasks, 0).input_basis is None  # nothing projected
+    off = FitConfig(**FAST, aux_tasks=0, basis_init="random")
+    assert zoo_material(small_zoo, off, tasks, 0, projects_inputs=True).input_basis is None
+    meta = {
+        variant: LPSMethod(variant, fc, **SMALL).fit(nets, tasks, context).model.meta
+        for variant, context in (
+            ("lps", Context(zoo=small_zoo)),
+            ("lps-v1", Context(zoo=small_zoo)),
+            ("lps-noweights", Context(zoo=small_zoo)),
+            ("lps-nofunc", Context()),
+        )
+    }
+    assert {v: m["basis_init"] for v, m in meta.items()} == {
+        "lps": "data",
+        "lps-v1": "random",
+        "lps-noweights": "random",
+        "lps-nofunc": "random",
+    }

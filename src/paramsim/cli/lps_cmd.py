@@ -137,8 +137,10 @@ def register(cli: click.Group) -> None:
             cfg = LPSConfig(
                 input_shape=tuple(nets[0].input_shape), n_outputs=nets[0].n_outputs, **cfg_kw
             )
-            # the method's own group-task zoo (built once) and probe start images
-            got = zoo_material(zoo, fit_config, tasks, cfg.learned_probes, not quiet)
+            # the method's own group-task zoo (built once), probe start images, input basis
+            got = zoo_material(
+                zoo, fit_config, tasks, cfg.learned_probes, not quiet, cfg.projects_inputs
+            )
             extra_n += got.networks
             extra_t += got.tasks
             bar = tqdm(total=fit_config.epochs + 1, disable=quiet, desc="fit", unit="epoch")
@@ -158,6 +160,7 @@ def register(cli: click.Group) -> None:
                     progress=progress,
                     device=device,
                     probe_images=got.probe_images,
+                    input_basis=got.input_basis,
                 )
             finally:
                 bar.close()

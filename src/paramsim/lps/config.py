@@ -226,6 +226,14 @@ class LPSConfig:
         return self.n_probes if self.func_branch else 0
 
     @property
+    def projects_inputs(self) -> bool:
+        """The weight branch projects its (input + 1)-row chain onto fewer directions (U, V):
+        where they start matters (`FitConfig.basis_init`)."""
+        d = self.input_dim + (1 if self.bias else 0)
+        uses = self.second_order or self.class_direction
+        return self.weight_branch and uses and not self.flat_head and min(self.rank, d) < d
+
+    @property
     def out_dim(self) -> int:
         """Length of an embedding: emb_dim, or emb_dim per branch when they are concatenated."""
         n = int(self.weight_branch) + int(self.func_branch)
@@ -295,6 +303,11 @@ class FitConfig:
     # where the learned probes start: "data", training images of the zoo's own data set (of
     # the training tasks' classes; used when the fit knows the zoo), or "noise", uniform noise
     probe_init: str = _choice("data", "data", "noise")
+    # where the weight branch's input projections (U, V) start when they keep fewer
+    # directions than the input has: "data", the top principal directions of the training
+    # images (a trained first layer moved inside their span, its random start did not), or
+    # "random" orthonormal columns; used when the fit knows the zoo
+    basis_init: str = _choice("data", "data", "random")
     seed: int = _int(0, 0, 2**63 - 1)
     extra: dict = field(default_factory=dict)
 

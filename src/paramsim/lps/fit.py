@@ -152,6 +152,7 @@ class LPS:
         time_limit: float | None = None,
         device: str | torch.device | None = None,
         probe_images: torch.Tensor | None = None,
+        input_basis: torch.Tensor | None = None,
     ) -> LPS:
         """Train on `networks` labelled by `tasks` (one per model), plus the extra models whose
         tasks pass `filter_extra`; stop early on validation mAP; keep the best epoch.
@@ -162,7 +163,9 @@ class LPS:
         `probe_images` (images of the zoo's data, in [0, 1]; `paramsim.lps.material` draws
         them from the classes of all tasks given, validation share included) start the learned
         probes when `fit_config.probe_init` is "data" (`paramsim.lps.material`); without them
-        the probes start as noise.
+        the probes start as noise. `input_basis` (principal directions of those images,
+        `paramsim.lps.material.input_basis`) starts the weight branch's input projections
+        when `fit_config.basis_init` is "data"; without it they start random.
         """
         dev = resolve_device(device)  # before any work: a missing GPU is the first refusal
         fc = self.fit_config
@@ -205,7 +208,9 @@ class LPS:
         self.config = cfg
         if fc.probe_init != "data" or not cfg.func_branch:
             probe_images = None
-        net = LPSNet(cfg, seed=seed, probe_images=probe_images).to(dev)
+        if fc.basis_init != "data" or not cfg.weight_branch:
+            input_basis = None
+        net = LPSNet(cfg, seed=seed, probe_images=probe_images, input_basis=input_basis).to(dev)
         why = net.check(all_nets)
         if why:
             raise ParamsimError(why)
@@ -344,6 +349,7 @@ class LPS:
             "n_extra_models": len(keep),
             "n_extra_dropped": len(extra_tasks) - len(keep),
             "probe_init": "data" if probe_images is not None and len(probe_images) else "noise",
+            "basis_init": "data" if net.started_on_data else "random",
             "train_tasks": sorted({canonical_name(Task(k)) for k in keys}),  # type: ignore
             "val_tasks": sorted({t.name for t in val[1]}) if val is not None else [],
             "fit_seconds": time.perf_counter() - started,

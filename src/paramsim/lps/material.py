@@ -1,14 +1,18 @@
 """What an LPS fit takes from the zoo's directory beyond the models themselves.
 
-Two things, both used only while fitting (an embedding still reads weights alone):
+Three things, all used only while fitting (an embedding still reads weights alone):
 
 * the auxiliary group-task zoo (`paramsim.lps.auxiliary`), more tasks to learn from;
 * training images of the zoo's data set that start the learned probes. Probes that start as
   uniform noise sit far from the images the models were trained on, where a CNN's answer says
   little about its task (on Fashion-MNIST CNNs, noise-started probes retrieved worse than
-  fixed synthetic ones); started on real images they read each model where it was trained.
+  fixed synthetic ones); started on real images they read each model where it was trained;
+* the principal directions of those images, where the weight branch's input projections
+  start. Gradient steps move a first layer only inside the span of its training inputs, so
+  on 784 pixels the top 80 directions hold what training wrote, while random ones hold
+  mostly the random start.
 
-Both keep to the classes of the training tasks, so a class held out of training (the
+All keep to the classes of the training tasks, so a class held out of training (the
 held-out-classes protocol, or a user's exclusion) never reaches the metric.
 """
 
@@ -25,6 +29,8 @@ from paramsim.data import Task
 from paramsim.lps.config import FitConfig
 from paramsim.stamps import files_stamp
 from paramsim.weights import Network
+
+BASIS_IMAGES = 4096  # images whose second moment gives the input basis
 
 
 def probe_start_images(
@@ -46,6 +52,22 @@ def probe_start_images(
                 chosen.append(int(p[depth]))
         depth += 1
     return x[torch.tensor(chosen, dtype=torch.long)].float().clone()
+
+
+def input_basis(
+    x: torch.Tensor, y: torch.Tensor, classes: frozenset[int], max_images: int, seed: int
+) -> torch.Tensor:
+    """(pixels + 1, pixels + 1): eigenvectors of the second moment of [image; 1] over up to
+    `max_images` images of `classes` (spread over them), by falling eigenvalue, each signed
+    so its largest entry is positive. The 1 is the bias row of the weight chain."""
+    imgs = probe_start_images(x, y, classes, max_images, seed)
+    flat = imgs.reshape(len(imgs), -1).double()
+    flat = torch.cat([flat, torch.ones(len(flat), 1, dtype=flat.dtype)], 1)
+    values, vectors = torch.linalg.eigh(flat.T @ flat / max(len(flat), 1))
+    vectors = vectors[:, torch.argsort(values, descending=True)]
+    top = vectors.abs().argmax(dim=0)
+    signs = torch.sign(vectors[top, torch.arange(vectors.shape[1])])
+    return (vectors * torch.where(signs == 0, 1.0, signs)).float()
 
 
 def zoo_training_set(path: str | Path) -> tuple[tuple[Network, ...], tuple[Task, ...]]:
@@ -71,6 +93,7 @@ class FitMaterial:
     networks: list[Network] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
     probe_images: torch.Tensor | None = None
+    input_basis: torch.Tensor | None = None
 
 
 def zoo_material(
@@ -79,10 +102,12 @@ def zoo_material(
     train_tasks: Sequence[Task],
     n_probes: int,
     progress: bool = False,
+    projects_inputs: bool = False,
 ) -> FitMaterial:
-    """The auxiliary models and probe start images a default fit on `zoo_dir` uses, limited
-    to the classes of `train_tasks`; what `fit_config` turns off, or `n_probes` 0 (a network
-    without the function branch), is left empty."""
+    """The auxiliary models, probe start images and input basis a default fit on `zoo_dir`
+    uses, limited to the classes of `train_tasks`; what `fit_config` turns off, `n_probes` 0
+    (a network without the function branch) or `projects_inputs` False (a weight branch
+    that keeps every input direction, or none) is left empty."""
     got = FitMaterial()
     seen = frozenset().union(*(t.classes for t in train_tasks))
     if fit_config.aux_tasks > 0:
@@ -93,11 +118,18 @@ def zoo_material(
         )
         networks, tasks = usable_auxiliary(*zoo_training_set(path), train_tasks)
         got.networks, got.tasks = list(networks), list(tasks)
-    if fit_config.probe_init == "data" and n_probes > 0:
+    want_probes = fit_config.probe_init == "data" and n_probes > 0
+    want_basis = fit_config.basis_init == "data" and projects_inputs
+    if want_probes or want_basis:
         from paramsim.zoo import open_zoo
 
         ds = open_zoo(zoo_dir).dataset()  # read once per process, shared with the caller's
-        got.probe_images = probe_start_images(
-            ds.x_train, ds.y_train, seen, n_probes, fit_config.seed
-        )
+        if want_probes:
+            got.probe_images = probe_start_images(
+                ds.x_train, ds.y_train, seen, n_probes, fit_config.seed
+            )
+        if want_basis:
+            got.input_basis = input_basis(
+                ds.x_train, ds.y_train, seen, BASIS_IMAGES, fit_config.seed
+            )
     return got

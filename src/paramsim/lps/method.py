@@ -22,7 +22,13 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # no relation or function-part loss
     "lps-v1": (
         dict(set_readout=False, combine="sum"),
-        dict(aux_tasks=0, relation_weight=0.0, func_loss_weight=0.0, probe_init="noise"),
+        dict(
+            aux_tasks=0,
+            relation_weight=0.0,
+            func_loss_weight=0.0,
+            probe_init="noise",
+            basis_init="random",
+        ),
     ),
     "lps-noaux": ({}, dict(aux_tasks=0)),
     "lps-authors": (
@@ -155,12 +161,14 @@ class LPSMethod(Method):
             from paramsim.lps.auxiliary import usable_auxiliary
 
             extra_n, extra_t = usable_auxiliary(extra_n, extra_t, tasks)
-        probe_images = None
+        probe_images = input_basis = None
         cfg = self._config(networks)
         if context is not None and context.zoo:
-            got = zoo_material(context.zoo, fc, tasks, cfg.learned_probes)
+            got = zoo_material(
+                context.zoo, fc, tasks, cfg.learned_probes, projects_inputs=cfg.projects_inputs
+            )
             extra_n, extra_t = [*extra_n, *got.networks], [*extra_t, *got.tasks]
-            probe_images = got.probe_images
+            probe_images, input_basis = got.probe_images, got.input_basis
         if extra_n and not cfg.func_branch:
             keep = [i for i, n in enumerate(extra_n) if n.kind == "mlp"]
             extra_n = [extra_n[i] for i in keep]
@@ -173,6 +181,7 @@ class LPSMethod(Method):
             extra_tasks=extra_t,
             exclude_tasks=self.exclude_tasks,
             probe_images=probe_images,
+            input_basis=input_basis,
         )
         return self
 

@@ -130,12 +130,20 @@ class LPSNet(nn.Module):
     """Learnable parameter similarity network; see the module docstring for the design."""
 
     def __init__(
-        self, config: LPSConfig, seed: int = 0, probe_images: torch.Tensor | None = None
+        self,
+        config: LPSConfig,
+        seed: int = 0,
+        probe_images: torch.Tensor | None = None,
+        input_basis: torch.Tensor | None = None,
     ) -> None:
         """`probe_images` (up to n_probes, in [0, 1]) start the first probes; the rest start
-        as uniform noise, drawn from `seed` either way so the other parameters do not move."""
+        as uniform noise, drawn from `seed` either way so the other parameters do not move.
+        `input_basis` ((input + 1) x at least rank, orthonormal columns, most important
+        first) starts every input projection U_l and V on its first `rank` columns when the
+        projection keeps fewer directions than the input has; random columns otherwise."""
         super().__init__()
         self.config = cfg = config
+        self.started_on_data = False  # input projections started on `input_basis`
         gen = torch.Generator().manual_seed(seed)
         d = cfg.input_dim + (1 if cfg.bias else 0)
         self.d = d
@@ -167,6 +175,8 @@ class LPSNet(nn.Module):
                     kc = 1 if k == 2 else k
                     n_dir = self.r * self.r if cfg.sign_invariant else self.r * kc
                     self.dir_head = nn.Parameter(_orthogonal_(torch.empty(emb, n_dir), gen))
+            if input_basis is not None and self.r < d:
+                self._start_projections(input_basis)
             n_blocks = self.n_slots + int(cfg.class_direction)
             self.w_gain = nn.Parameter(torch.ones(n_blocks))
         if cfg.func_branch:
@@ -197,6 +207,20 @@ class LPSNet(nn.Module):
             n_f = int(cfg.probe_logits) + int(cfg.probe_gram) + int(cfg.probe_units)
             self.f_gain = nn.Parameter(torch.ones(n_f))
         self.branch_gain = nn.Parameter(torch.ones(2))
+
+    @torch.no_grad()
+    def _start_projections(self, basis: torch.Tensor) -> None:
+        if basis.shape[0] != self.d or basis.shape[1] < self.r:
+            raise ParamsimError(
+                f"input basis is {tuple(basis.shape)}; this LPS model needs ({self.d}, >= "
+                f"{self.r}): one row per input and the bias, a column per kept direction"
+            )
+        start = basis[:, : self.r].to(torch.float32)
+        self.started_on_data = True
+        if hasattr(self, "U"):
+            self.U.data[:] = start
+        if hasattr(self, "V"):
+            self.V.data[:] = start
 
     # ------------------------------------------------------------------ inputs
     @property
