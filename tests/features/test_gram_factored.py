@@ -100,3 +100,27 @@ def test_factoring_pays_only_with_few_units_per_row() -> None:
     shapes = factor_shapes(pixels, _nets(CNN, 1, seed=11))
     assert any(units * units > rows * (rows + 1) // 2 for _, rows, units in shapes)
     assert not factoring_pays(pixels, _nets(CNN, 1, seed=11))
+
+
+@pytest.mark.parametrize(("name", "options"), METHODS)
+def test_all_pairs_beyond_the_budget_come_from_the_factors(name, options, monkeypatch) -> None:
+    import paramsim.features.gram as gram
+
+    method = get_method(name, **options)
+    nets = _nets(MLP, 4, seed=9) + _nets(WIDE, 3, seed=10)
+    calls = []
+    real = gram.factored_cross_similarity
+
+    def recording(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(gram, "factored_cross_similarity", recording)
+    dense = method.similarity(nets)  # tiny Grams: the embeddings' cosine
+    assert calls == []
+    assert gram.gram_bytes(method, nets) > 0
+    monkeypatch.setattr(gram, "SIMILARITY_BUDGET", gram.gram_bytes(method, nets) - 1)
+    factored = method.similarity(nets)
+    assert calls == [gram.SIMILARITY_BUDGET]
+    np.testing.assert_allclose(factored, dense, atol=1e-6)
+    np.testing.assert_allclose(np.diag(factored), 1.0, atol=1e-9)

@@ -254,6 +254,14 @@ class _InputSpaceMethod(FixedMethod):
             networks, lambda s: torch.cat([_embed_block(k, x) for k, x in self.gram_factors(s)], 1)
         )
 
+    def similarity(self, networks: Sequence[Network], context: Context | None = None) -> np.ndarray:
+        """All pairs; from the Gram factors, within SIMILARITY_BUDGET, when the Grams of every
+        network would not fit it (chain on 495 MLPs of 784 inputs: 5.2 GB of Grams)."""
+        ensure(self, networks)
+        if gram_bytes(self, networks) > SIMILARITY_BUDGET and factoring_pays(self, networks):
+            return factored_cross_similarity(self, networks, networks, SIMILARITY_BUDGET)
+        return super().similarity(networks, context)
+
     def check(self, networks: Sequence[Network]) -> str | None:
         layouts = set()
         for idx in group_by_signature(networks):
@@ -408,6 +416,19 @@ def factor_shapes(method, networks: Sequence[Network]) -> list[tuple[str, int, i
             shape = (kind, x.shape[1], x.shape[2] if kind == "gram" else 1)
             widest[b] = max(widest.get(b, shape), shape, key=lambda s: s[2])
     return [widest[b] for b in sorted(widest)]
+
+
+SIMILARITY_BUDGET = 512 * 2**20  # bytes an all-pairs similarity may hold in Grams
+
+
+def gram_bytes(method, networks: Sequence[Network]) -> int:
+    """Bytes of the embeddings of all networks, about three copies of float64 (the float32
+    blocks, the float64 copy, the unit rows `cosine_matrix` makes)."""
+    width = sum(
+        rows * (rows + 1) // 2 if kind == "gram" else rows
+        for kind, rows, _ in factor_shapes(method, networks)
+    )
+    return 3 * 8 * width * len(networks)
 
 
 def factoring_pays(method, networks: Sequence[Network]) -> bool:
