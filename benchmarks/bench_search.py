@@ -15,7 +15,7 @@ share of cells and of vectors read. `--near A` makes the queries far instead: ea
 A to one task centre and random otherwise, as a new task's probe model is (in `paramsim
 reproduce`'s transfer run a probe's most similar stored model of another task had a median
 LPS cosine of 0.42: `benchmarks/probe_nearness.py`). `--select` also times whole selections:
-one probe model embedded by a default LPS, then one query, for every kind tried. Every
+one probe model embedded by a default LPS, then one query, for hnsw, ivf and ivf-exact. Every
 search goes through `paramsim.index.EmbeddingIndex`, one query per call (what `paramsim
 search` does), timed over --queries queries after a warm-up.
 """
@@ -88,8 +88,8 @@ def main() -> None:
     ap.add_argument(
         "--select",
         action="store_true",
-        help="also time a whole weights-only selection for every kind tried (embed one "
-        "probe model with a default LPS, then one query); needs --dim 256",
+        help="also time a whole weights-only selection for hnsw, ivf and ivf-exact (embed "
+        "one probe model with a default LPS, then one query); needs --dim 256",
     )
     ap.add_argument(
         "--near",
@@ -161,7 +161,6 @@ def main() -> None:
         "queries' best cosine to a stored vector: median "
         f"{np.median(scores[:, 0]):.3f}, 10th best median {np.median(scores[:, -1]):.3f}"
     )
-    selection = Selection(args.queries, k, exact) if args.select else None
     if args.build_only:
         for name, make in (
             ("fp16", lambda: EmbeddingIndex(args.dim, storage="fp16")),
@@ -171,6 +170,7 @@ def main() -> None:
             if name in kinds:
                 built(name, make)
         return
+    selection = Selection(args.queries, k, exact) if args.select else None
     print(f"{'index':<28} {'build s':>8} {'threads':>7} {'recall@10':>9} {'ms/query':>9}")
 
     def row(name, build_s, t, rec, ms):
@@ -242,7 +242,8 @@ class Selection:
     """Whole weights-only source selections once the probe model is trained: its LPS
     embedding (a default, untrained LPS on a random MLP 64-32-32-2: trained weights cost the
     same) and one query, one probe per call. The probes' exact answers come from the flat
-    scan, so an approximate kind's recall is measured on the same far queries."""
+    scan, and each kind's recall is measured on these probes, which land far from every
+    stored vector whatever --near says."""
 
     def __init__(self, n: int, k: int, exact) -> None:
         from bench_lps import random_mlps

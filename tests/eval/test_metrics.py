@@ -236,3 +236,11 @@ def test_task_ap_leaves_out_queries_without_a_partner():
     S = np.eye(3) + 0.1
     S[0, 1] = S[1, 0] = 0.9
     assert metrics.retrieval(S, lab, range(3), range(3)).task_ap() == pytest.approx({0: 1.0})
+
+
+def test_task_ap_keeps_the_callers_labels():
+    lab = np.array(["a", "a", "b", "b"])
+    S = np.array([[1, 0.9, 0.1, 0.2], [0.9, 1, 0.3, 0.1], [0.1, 0.3, 1, 0.25], [0.2, 0.1, 0.25, 1]])
+    got = metrics.retrieval(S, lab, range(4), range(4)).task_ap()
+    assert got.keys() == {"a", "b"} and got["a"] == pytest.approx(1.0)
+    assert got["b"] == pytest.approx((0.5 + 1.0) / 2)  # model 2 ranks model 1 above model 3

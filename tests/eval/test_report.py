@@ -103,5 +103,8 @@ def test_hardest_tasks_table_lists_the_best_methods_worst_task_first(results):
     assert rows[0].startswith(f"| {worst} |")
     assert "| flat | noise |" in text
     assert text in report.format_markdown(res)
+    res["methods"][best]["task_ap"][worst]["mean"] = None  # NaN in results.json: last
+    rows = [ln for ln in report.format_hardest(res, n=99).splitlines() if ln.startswith("| ")]
+    assert rows[-1].startswith(f"| {worst} |")
     del res["methods"][best]["task_ap"]  # results.json of an older version: no section
     assert report.format_hardest(res) == ""

@@ -120,12 +120,13 @@ def _pixel_per_class(n_per_class: int, classes: int) -> tuple[torch.Tensor, torc
 def test_input_basis_spans_the_given_classes_images_only():
     x, y = _pixel_per_class(6, 4)
     basis = input_basis(x, y, frozenset({0, 1}), 100, seed=0)
-    assert basis.shape == (5, 5)  # 4 pixels and the bias row
+    assert basis is not None and basis.shape == (5, 5)  # 4 pixels and the bias row
     assert torch.allclose(basis.T @ basis, torch.eye(5), atol=1e-5)
     top = basis[:, :3]  # pixels 0, 1 and the constant 1 carry all the second moment
     assert torch.allclose(top[2:4], torch.zeros(2, 3), atol=1e-6)  # held-out pixels 2, 3
     assert torch.equal(basis, input_basis(x, y, frozenset({0, 1}), 100, seed=0))
     other = input_basis(x, y, frozenset({2, 3}), 100, seed=0)  # counter-test: it moves
+    assert other is not None and basis is not None
     assert torch.allclose(other[:2, :3], torch.zeros(2, 3), atol=1e-6)
 
 
@@ -156,11 +157,19 @@ def test_fit_through_the_zoo_starts_projections_on_data_and_records_it(small_zoo
     z = Zoo.open(small_zoo)
     nets, tasks = z.networks(), [r.task for r in z.records]
     fc = FitConfig(**FAST, aux_tasks=0, val_fraction=0.0)
-    got = zoo_material(small_zoo, fc, tasks, 0, projects_inputs=True)
-    assert got.input_basis is not None and got.input_basis.shape == (65, 65)
-    assert zoo_material(small_zoo, fc, tasks, 0).input_basis is None  # nothing projected
+    cfg = LPSConfig(input_shape=(1, 8, 8), **SMALL)  # 65 chain rows, 8 kept
+    got = zoo_material(small_zoo, fc, tasks, 0, basis_for=cfg)
+    assert got.input_basis is not None and got.input_basis.shape == (65, 8)
+    assert zoo_material(small_zoo, fc, tasks, 0).input_basis is None  # no MLP to read
+    every = LPSConfig(input_shape=(1, 8, 8), **{**SMALL, "rank": 80})  # keeps all 65 rows
+    assert zoo_material(small_zoo, fc, tasks, 0, basis_for=every).input_basis is None
     off = FitConfig(**FAST, aux_tasks=0, basis_init="random")
-    assert zoo_material(small_zoo, off, tasks, 0, projects_inputs=True).input_basis is None
+    assert zoo_material(small_zoo, off, tasks, 0, basis_for=cfg).input_basis is None
+    no_bias = LPSConfig(input_shape=(1, 8, 8), bias=False, **SMALL)  # 64 rows: no bias row
+    got = zoo_material(small_zoo, fc, tasks, 0, basis_for=no_bias)
+    assert got.input_basis is not None and got.input_basis.shape == (64, 8)
+    fitted = LPSMethod("lps", fc, bias=False, **SMALL).fit(nets, tasks, Context(zoo=small_zoo))
+    assert fitted.model is not None and fitted.model.meta["basis_init"] == "data"
     meta = {
         variant: LPSMethod(variant, fc, **SMALL).fit(nets, tasks, context).model.meta
         for variant, context in (
@@ -176,3 +185,11 @@ def test_fit_through_the_zoo_starts_projections_on_data_and_records_it(small_zoo
         "lps-noweights": "random",
         "lps-nofunc": "random",
     }
+
+
+def test_input_basis_without_images_or_bias_row():
+    x, y = _pixel_per_class(6, 4)
+    assert input_basis(x, y, frozenset({7}), 100, seed=0) is None  # no image of class 7
+    plain = input_basis(x, y, frozenset({0, 1}), 100, seed=0, bias=False)
+    assert plain is not None and plain.shape == (4, 4)
+    assert torch.allclose(plain[2:, :2], torch.zeros(2, 2), atol=1e-6)  # pixels 0 and 1 only

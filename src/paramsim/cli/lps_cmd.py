@@ -138,8 +138,14 @@ def register(cli: click.Group) -> None:
                 input_shape=tuple(nets[0].input_shape), n_outputs=nets[0].n_outputs, **cfg_kw
             )
             # the method's own group-task zoo (built once), probe start images, input basis
+            reads_weights = any(n.kind == "mlp" for n in nets)
             got = zoo_material(
-                zoo, fit_config, tasks, cfg.learned_probes, not quiet, cfg.projects_inputs
+                zoo,
+                fit_config,
+                tasks,
+                cfg.learned_probes,
+                not quiet,
+                cfg if reads_weights else None,
             )
             extra_n += got.networks
             extra_t += got.tasks

@@ -36,10 +36,11 @@ class RetrievalScores:
     ap: np.ndarray = field(repr=False)  # per valid query
     query_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
 
-    def task_ap(self) -> dict[int, float]:
-        """Mean AP of each task's queries: which tasks a method confuses, not only how much."""
+    def task_ap(self) -> dict:
+        """Mean AP of each task's queries (by label): which tasks a method confuses, not
+        only how much."""
         return {
-            int(t): float(self.ap[self.query_labels == t].mean())
+            t.item(): float(self.ap[self.query_labels == t].mean())
             for t in np.unique(self.query_labels)
         }
 
@@ -116,7 +117,7 @@ def retrieval(
         np.mean(cmcs, axis=0),
         len(aps),
         np.asarray(aps, dtype=np.float64),
-        np.asarray(kept, dtype=np.int64),
+        np.asarray(kept),
     )
 
 

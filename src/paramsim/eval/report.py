@@ -138,11 +138,16 @@ def format_hardest(results: Mapping[str, Any], n: int = 5) -> str:
     if best is None or not methods[best].get("task_ap"):
         return ""
     per_task = methods[best]["task_ap"]
-    worst = sorted(per_task, key=lambda t: (per_task[t]["mean"], t))[:n]
+
+    def ap_or_last(task: str) -> tuple[float, str]:  # a null (NaN) mean sorts last
+        mean = per_task[task].get("mean")
+        return (math.inf if mean is None else mean, task)
+
+    worst = sorted(per_task, key=ap_or_last)[:n]
     names = [m for m in method_order(results) if methods.get(m, {}).get("task_ap")]
     lines = [
         f"Hardest held-out tasks for {best} (mean AP of each task's queries over the splits "
-        "that held it out):",
+        "that held it out; splits: how many):",
         "",
         "| task | splits | " + " | ".join(names) + " |",
         "|" + "---|" * (len(names) + 2),

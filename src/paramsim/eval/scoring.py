@@ -71,7 +71,8 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
 def mean_task_ap(
     per_split: Sequence[Mapping[int, float]], task_names: Sequence[str]
 ) -> dict[str, dict[str, float]]:
-    """Per task, its mean AP over the splits that held it out, and how many did."""
+    """Per task, its mean AP over the splits where it had a query with a same-task partner
+    (every split that held it out, unless it has a single model there), and how many."""
     collected: dict[int, list[float]] = {}
     for split in per_split:
         for task, ap in split.items():

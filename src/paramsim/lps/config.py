@@ -226,12 +226,21 @@ class LPSConfig:
         return self.n_probes if self.func_branch else 0
 
     @property
+    def input_rows(self) -> int:
+        """Rows of the weight chain: one per input, and one for the biases when read."""
+        return self.input_dim + (1 if self.bias else 0)
+
+    @property
+    def kept_directions(self) -> int:
+        """Columns of each input projection (U_l, V): the chain's rows it keeps."""
+        return self.input_rows if self.flat_head else min(self.rank, self.input_rows)
+
+    @property
     def projects_inputs(self) -> bool:
-        """The weight branch projects its (input + 1)-row chain onto fewer directions (U, V):
-        where they start matters (`FitConfig.basis_init`)."""
-        d = self.input_dim + (1 if self.bias else 0)
-        uses = self.second_order or self.class_direction
-        return self.weight_branch and uses and not self.flat_head and min(self.rank, d) < d
+        """The weight branch projects its chain onto fewer directions than it has rows (U,
+        V): where they start matters (`FitConfig.basis_init`)."""
+        uses = self.weight_branch and (self.second_order or self.class_direction)
+        return uses and self.kept_directions < self.input_rows
 
     @property
     def out_dim(self) -> int:

@@ -163,9 +163,10 @@ class LPS:
         `probe_images` (images of the zoo's data, in [0, 1]; `paramsim.lps.material` draws
         them from the classes of all tasks given, validation share included) start the learned
         probes when `fit_config.probe_init` is "data" (`paramsim.lps.material`); without them
-        the probes start as noise. `input_basis` (principal directions of those images,
-        `paramsim.lps.material.input_basis`) starts the weight branch's input projections
-        when `fit_config.basis_init` is "data"; without it they start random.
+        the probes start as noise. `input_basis` (principal directions of up to 4,096
+        images of the same classes, `paramsim.lps.material.input_basis`) starts the weight
+        branch's input projections when `fit_config.basis_init` is "data" and an MLP trains;
+        without it they start random.
         """
         dev = resolve_device(device)  # before any work: a missing GPU is the first refusal
         fc = self.fit_config
@@ -208,7 +209,7 @@ class LPS:
         self.config = cfg
         if fc.probe_init != "data" or not cfg.func_branch:
             probe_images = None
-        if fc.basis_init != "data" or not cfg.weight_branch:
+        if fc.basis_init != "data" or not any(n.kind == "mlp" for n in all_nets):
             input_basis = None
         net = LPSNet(cfg, seed=seed, probe_images=probe_images, input_basis=input_basis).to(dev)
         why = net.check(all_nets)

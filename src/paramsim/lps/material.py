@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from paramsim.data import Task
-from paramsim.lps.config import FitConfig
+from paramsim.lps.config import FitConfig, LPSConfig
 from paramsim.stamps import files_stamp
 from paramsim.weights import Network
 
@@ -55,15 +55,24 @@ def probe_start_images(
 
 
 def input_basis(
-    x: torch.Tensor, y: torch.Tensor, classes: frozenset[int], max_images: int, seed: int
-) -> torch.Tensor:
-    """(pixels + 1, pixels + 1): eigenvectors of the second moment of [image; 1] over up to
-    `max_images` images of `classes` (spread over them), by falling eigenvalue, each signed
-    so its largest entry is positive. The 1 is the bias row of the weight chain."""
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: frozenset[int],
+    max_images: int,
+    seed: int,
+    bias: bool = True,
+) -> torch.Tensor | None:
+    """(pixels [+ 1], pixels [+ 1]): eigenvectors of the second moment of [image; 1] (of
+    the image alone without `bias`) over up to `max_images` images of `classes` (spread over
+    them), by falling eigenvalue, each signed so its largest entry is positive. The 1 is the
+    bias row of the weight chain. None when no image has one of `classes`."""
     imgs = probe_start_images(x, y, classes, max_images, seed)
+    if not len(imgs):
+        return None
     flat = imgs.reshape(len(imgs), -1).double()
-    flat = torch.cat([flat, torch.ones(len(flat), 1, dtype=flat.dtype)], 1)
-    values, vectors = torch.linalg.eigh(flat.T @ flat / max(len(flat), 1))
+    if bias:
+        flat = torch.cat([flat, torch.ones(len(flat), 1, dtype=flat.dtype)], 1)
+    values, vectors = torch.linalg.eigh(flat.T @ flat / len(flat))
     vectors = vectors[:, torch.argsort(values, descending=True)]
     top = vectors.abs().argmax(dim=0)
     signs = torch.sign(vectors[top, torch.arange(vectors.shape[1])])
@@ -102,12 +111,12 @@ def zoo_material(
     train_tasks: Sequence[Task],
     n_probes: int,
     progress: bool = False,
-    projects_inputs: bool = False,
+    basis_for: LPSConfig | None = None,
 ) -> FitMaterial:
     """The auxiliary models, probe start images and input basis a default fit on `zoo_dir`
     uses, limited to the classes of `train_tasks`; what `fit_config` turns off, `n_probes` 0
-    (a network without the function branch) or `projects_inputs` False (a weight branch
-    that keeps every input direction, or none) is left empty."""
+    (a network without the function branch) or a `basis_for` config that does not project
+    its inputs (or None: no MLP to read) is left empty."""
     got = FitMaterial()
     seen = frozenset().union(*(t.classes for t in train_tasks))
     if fit_config.aux_tasks > 0:
@@ -119,7 +128,9 @@ def zoo_material(
         networks, tasks = usable_auxiliary(*zoo_training_set(path), train_tasks)
         got.networks, got.tasks = list(networks), list(tasks)
     want_probes = fit_config.probe_init == "data" and n_probes > 0
-    want_basis = fit_config.basis_init == "data" and projects_inputs
+    want_basis = (
+        fit_config.basis_init == "data" and basis_for is not None and basis_for.projects_inputs
+    )
     if want_probes or want_basis:
         from paramsim.zoo import open_zoo
 
@@ -129,7 +140,10 @@ def zoo_material(
                 ds.x_train, ds.y_train, seen, n_probes, fit_config.seed
             )
         if want_basis:
-            got.input_basis = input_basis(
-                ds.x_train, ds.y_train, seen, BASIS_IMAGES, fit_config.seed
+            assert basis_for is not None
+            basis = input_basis(
+                ds.x_train, ds.y_train, seen, BASIS_IMAGES, fit_config.seed, basis_for.bias
             )
+            if basis is not None and basis.shape[0] == basis_for.input_rows:
+                got.input_basis = basis[:, : basis_for.kept_directions]
     return got

@@ -164,8 +164,9 @@ class LPSMethod(Method):
         probe_images = input_basis = None
         cfg = self._config(networks)
         if context is not None and context.zoo:
+            reads_weights = any(n.kind == "mlp" for n in networks)
             got = zoo_material(
-                context.zoo, fc, tasks, cfg.learned_probes, projects_inputs=cfg.projects_inputs
+                context.zoo, fc, tasks, cfg.learned_probes, basis_for=cfg if reads_weights else None
             )
             extra_n, extra_t = [*extra_n, *got.networks], [*extra_t, *got.tasks]
             probe_images, input_basis = got.probe_images, got.input_basis

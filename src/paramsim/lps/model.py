@@ -138,9 +138,10 @@ class LPSNet(nn.Module):
     ) -> None:
         """`probe_images` (up to n_probes, in [0, 1]) start the first probes; the rest start
         as uniform noise, drawn from `seed` either way so the other parameters do not move.
-        `input_basis` ((input + 1) x at least rank, orthonormal columns, most important
-        first) starts every input projection U_l and V on its first `rank` columns when the
-        projection keeps fewer directions than the input has; random columns otherwise."""
+        `input_basis` (a row per chain row, inputs and bias, and at least the kept
+        directions' columns, orthonormal, most important first) starts every input
+        projection U_l and V on its first columns when the projection keeps fewer directions
+        than the chain has rows; random columns otherwise."""
         super().__init__()
         self.config = cfg = config
         self.started_on_data = False  # input projections started on `input_basis`
