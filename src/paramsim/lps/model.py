@@ -146,9 +146,8 @@ class LPSNet(nn.Module):
         self.config = cfg = config
         self.started_on_data = False  # input projections started on `input_basis`
         gen = torch.Generator().manual_seed(seed)
-        d = cfg.input_dim + (1 if cfg.bias else 0)
-        self.d = d
-        self.r = d if cfg.flat_head else min(cfg.rank, d)
+        self.d = d = cfg.input_rows
+        self.r = cfg.kept_directions
         emb = cfg.emb_dim
         k = cfg.n_outputs
         self.n_slots = (
@@ -176,7 +175,7 @@ class LPSNet(nn.Module):
                     kc = 1 if k == 2 else k
                     n_dir = self.r * self.r if cfg.sign_invariant else self.r * kc
                     self.dir_head = nn.Parameter(_orthogonal_(torch.empty(emb, n_dir), gen))
-            if input_basis is not None and self.r < d:
+            if input_basis is not None and cfg.projects_inputs:
                 self._start_projections(input_basis)
             n_blocks = self.n_slots + int(cfg.class_direction)
             self.w_gain = nn.Parameter(torch.ones(n_blocks))
