@@ -88,6 +88,37 @@ def test_tied_top_scores_count_as_their_mean_and_the_validation_oracle():
     assert named["1"]["chosen_sources"] == {"t0#0": (7, "t1")}  # by the zoo's ids
 
 
+def test_a_rule_without_information_scores_like_a_random_pick_under_both_rules():
+    labels = np.array([1, 1, 2, 2, 3, 3, 0])
+    ft = np.array([[0.6, 0.8, 0.7, 0.9, 0.5, 0.5, np.nan]])
+    val = np.zeros_like(ft)
+    S = np.ones_like(ft)  # every candidate and every task tied: no index order may decide
+    cfg = TransferConfig(shots=(1,))
+    res = score_rule(_instances(1), S, ft, val, labels, ["t0", "t1", "t2", "t3"], cfg)["1"]
+    random_ = np.nanmean(ft)
+    for rule in ("model", "task"):
+        assert res["rules"][rule]["chosen"]["mean"] == pytest.approx(random_)
+    # it ranks nothing: its tau and rho count as 0 on the draw, not as missing
+    assert res["weighted_tau"]["mean"] == 0.0 and res["spearman"]["mean"] == 0.0
+    # two tasks tied at the best mean: the task rule averages their top models (0.8, 0.7)
+    S2 = np.array([[0.2, 1.0, 1.0, 0.2, 0.1, 0.1, 0.0]])
+    res2 = score_rule(_instances(1), S2, ft, val, labels, ["t0", "t1", "t2", "t3"], cfg)["1"]
+    assert res2["rules"]["task"]["chosen"]["mean"] == pytest.approx(0.75)
+
+
+def test_a_draw_whose_candidates_all_fine_tune_alike_is_left_out_of_the_ranking():
+    labels = np.array([1, 1, 2, 0])
+    ft = np.array([[0.7, 0.7, 0.7, np.nan], [0.6, 0.8, 0.7, np.nan]])
+    S = np.array([[0.1, 0.5, 0.9, 0.0], [0.1, 0.5, 0.9, 0.0]])
+    cfg = TransferConfig(shots=(1,))
+    res = score_rule(_instances(2), S, ft, np.zeros_like(ft), labels, ["t0", "t1", "t2"], cfg)
+    from scipy.stats import weightedtau
+
+    # one task, two draws: the flat draw drops out, the mean is the other draw's tau
+    expect = weightedtau(S[1, :3], ft[1, :3]).statistic
+    assert res["1"]["weighted_tau"]["mean"] == pytest.approx(expect)
+
+
 def test_validation_rows_avoid_the_shots(use_zoo):
     ds = use_zoo.dataset()
     task = use_zoo.tasks[2]

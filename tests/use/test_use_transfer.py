@@ -166,6 +166,9 @@ def test_confidence_interval():
     g = np.random.default_rng(0).normal(1.0, 0.1, 200)
     c = bootstrap_ci(g, seed=0)
     assert c["lo"] < 1.0 < c["hi"] and c["t_lo"] < c["mean"] < c["t_hi"]
+    one = bootstrap_ci(np.array([0.07, np.nan]), seed=0)  # one task: no interval at all
+    assert one["mean"] == pytest.approx(0.07) and one["n"] == 1
+    assert all(np.isnan(one[b]) for b in ("lo", "hi", "t_lo", "t_hi"))
 
 
 def test_config_validation():

@@ -3,17 +3,22 @@
 Per draw of K shots every candidate source (a model of another task) was fine-tuned and
 tested, so each rule's pick is a lookup. Per rule and K:
 
-- chosen: test accuracy of the pick. The "model" rule picks the top-scored candidate; when
-  several share the top score (k-NN accuracies often do) the chosen accuracy is their mean,
-  the expected value of picking one of them at random, so no index order decides;
+- chosen: test accuracy of the pick. The "model" rule picks the top-scored candidate, the
+  "task" rule the top-scored candidate of the task with the best mean score; when several
+  share the top (k-NN accuracies often do) the chosen accuracy is their mean, the expected
+  value of picking one of them at random, so no index order decides;
 - gain over random (bootstrap CI over target tasks) and its share of the oracle's gain
   (best candidate by test accuracy) and of the validation oracle's gain (best by accuracy
   on the target's held-out training examples, reported on the test split: an attainable
   ceiling);
 - top-1 regret: oracle minus chosen;
 - weighted Kendall tau between score and fine-tuned accuracy over the candidates (scipy's
-  `weightedtau`: hyperbolic weights on rank, the convention of LogME, SFDA and Model Spider),
-  and Spearman's rho, both averaged over draws then tasks.
+  `weightedtau` with its defaults, as the LogME, SFDA and Model Spider evaluations call it:
+  hyperbolic weights on rank, averaged over the ranking by score and the one by accuracy),
+  and Spearman's rho, both averaged over draws then tasks. A rule whose scores are all equal
+  on a draw ranks nothing: both count as 0 there, not as missing (which would average such
+  a rule over fewer, perhaps easier, draws than the others). A draw whose candidates all
+  fine-tune to one accuracy has nothing to rank and is left out for every rule alike.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from paramsim.use.transfer.config import SELECT_RULES, TransferConfig
-from paramsim.use.transfer.selection import choose_source
+from paramsim.use.transfer.selection import task_scores
 from paramsim.use.transfer.shots import Instance
 from paramsim.use.transfer.stats import bootstrap_ci, per_task
 
@@ -35,6 +40,17 @@ def top_candidates(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     cand = np.flatnonzero(candidates)
     best = np.max(scores[cand])
     return cand[scores[cand] == best]
+
+
+def top_task_candidates(
+    scores: np.ndarray, labels: np.ndarray, candidates: np.ndarray, top: int = 0
+) -> np.ndarray:
+    """The "task" rule's picks: the top-scored candidates of the tasks that share the highest
+    mean score (`selection.task_scores`)."""
+    per_task = task_scores(scores, labels, candidates, top)
+    best = max(per_task.values())
+    tied = [t for t, v in per_task.items() if v == best]
+    return top_candidates(scores, candidates & np.isin(labels, tied))
 
 
 def validation_pick(ft: np.ndarray, val: np.ndarray) -> np.ndarray:
@@ -109,11 +125,15 @@ def score_rule(
         top = top_candidates(s, ok)
         chosen["model"][j] = float(np.mean(ft[j, top]))
         chosen_id["model"][j] = int(top[0])
-        best = choose_source(s, labels, ok, "task", cfg.select_top)
-        chosen_id["task"][j] = best
-        chosen["task"][j] = ft[j, best]
+        picks = top_task_candidates(s, labels, ok, cfg.select_top)
+        chosen_id["task"][j] = int(picks[0])
+        chosen["task"][j] = float(np.mean(ft[j, picks]))
         cand = np.flatnonzero(ok)
-        if np.ptp(s[cand]) > 0 and np.ptp(ft[j, cand]) > 0:
+        if np.ptp(ft[j, cand]) == 0:
+            continue  # every candidate fine-tunes alike: nothing to rank, for any rule
+        if np.ptp(s[cand]) == 0:
+            rho[j] = tau[j] = 0.0  # the rule ranks nothing
+        else:
             rho[j] = spearmanr(s[cand], ft[j, cand]).statistic
             tau[j] = weightedtau(s[cand], ft[j, cand]).statistic
     out: dict[str, Any] = {}

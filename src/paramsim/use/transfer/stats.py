@@ -20,26 +20,19 @@ def per_task(instances: Sequence[Instance], values: np.ndarray, k: int) -> dict[
 
 
 def bootstrap_ci(gains: np.ndarray, seed: int, n_boot: int = 10000) -> dict[str, float]:
-    """Mean, 95% bootstrap CI over tasks and the t-interval of a per-task gain."""
+    """Mean, 95% bootstrap CI over tasks and the t-interval of a per-task gain. One task
+    gives no interval (NaN bounds), not a zero-width one that would look certain."""
     from scipy import stats
 
     g = gains[np.isfinite(gains)]
-    if len(g) == 0:
-        return {
-            "mean": math.nan,
-            "lo": math.nan,
-            "hi": math.nan,
-            "t_lo": math.nan,
-            "t_hi": math.nan,
-            "n": 0,
-        }
+    if len(g) < 2:
+        nan, mean = math.nan, (float(g[0]) if len(g) else math.nan)
+        return {"mean": mean, "lo": nan, "hi": nan, "t_lo": nan, "t_hi": nan, "n": len(g)}
     rng = np.random.default_rng(seed)
     boots = rng.choice(g, (n_boot, len(g)), replace=True).mean(1)
     lo, hi = np.quantile(boots, [0.025, 0.975])
-    if len(g) > 1 and g.std(ddof=1) > 0:
-        half = stats.t.ppf(0.975, len(g) - 1) * g.std(ddof=1) / math.sqrt(len(g))
-    else:
-        half = 0.0
+    sd = g.std(ddof=1)
+    half = stats.t.ppf(0.975, len(g) - 1) * sd / math.sqrt(len(g)) if sd > 0 else 0.0
     return {
         "mean": float(g.mean()),
         "lo": float(lo),
