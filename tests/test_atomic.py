@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 
@@ -134,6 +135,48 @@ def test_nested_outputs_are_recognised_per_subdirectory(tmp_path):
     assert atomic.check_output_dir(out, kind, overwrite=True) == "ours"
     (out / "photos").mkdir()
     with pytest.raises(ParamsimError, match="photos"):
+        atomic.check_output_dir(out, kind, overwrite=True)
+
+
+def test_a_users_file_inside_a_nested_output_makes_it_not_ours(tmp_path):
+    kind = atomic.OutputKind("maps", ("result.json",), ("result.json",), nested=True)
+    out = tmp_path / "out"
+    (out / "chain").mkdir(parents=True)
+    (out / "chain" / "result.json").write_text("{}")
+    assert atomic.check_output_dir(out, kind, overwrite=True) == "ours"
+    (out / "chain" / "notes.txt").write_text("mine")
+    with pytest.raises(ParamsimError, match="chain/notes.txt, which paramsim does not write"):
+        atomic.check_output_dir(out, kind, overwrite=True)
+    (out / "chain" / "notes.txt").unlink()
+    (out / "chain" / "photos").mkdir()
+    (out / "chain" / "photos" / "a.jpg").write_text("mine")
+    with pytest.raises(ParamsimError, match="chain/photos"):
+        atomic.check_output_dir(out, kind, overwrite=True)
+    assert (out / "chain" / "photos" / "a.jpg").read_text() == "mine"
+
+
+def test_named_subdirectories_are_looked_into_and_the_message_names_the_users_file(tmp_path):
+    stage = atomic.OutputKind("a stage", ("done.json",), ("done.json", "*.png"))
+    kind = atomic.OutputKind(
+        "a report", ("report.json",), ("report.json",), subdirs=(("eval", stage),)
+    )
+    out = tmp_path / "out"
+    (out / "eval").mkdir(parents=True)
+    (out / "report.json").write_text("{}")
+    (out / "eval" / "done.json").write_text("{}")
+    (out / "eval" / "plot.png").write_text("")
+    assert atomic.check_output_dir(out, kind, overwrite=True) == "ours"
+    (out / "eval" / "mynotes.txt").write_text("precious")
+    with pytest.raises(ParamsimError, match="eval/mynotes.txt, which paramsim does not write"):
+        atomic.check_output_dir(out, kind, overwrite=True)
+    (out / "eval" / "mynotes.txt").unlink()
+    (out / "eval" / "link").symlink_to(tmp_path)  # a link is never followed, never ours
+    with pytest.raises(ParamsimError, match="eval/link"):
+        atomic.check_output_dir(out, kind, overwrite=True)
+    (out / "eval" / "link").unlink()
+    shutil.rmtree(out / "eval")
+    (out / "eval").write_text("a file where our folder would be")
+    with pytest.raises(ParamsimError, match="not a report"):
         atomic.check_output_dir(out, kind, overwrite=True)
 
 

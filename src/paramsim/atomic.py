@@ -61,26 +61,54 @@ class OutputKind:
     """What one command writes into its --out directory, so that an existing one is known.
 
     A directory is an earlier output of this kind when one of `markers` exists in it (or,
-    with `nested`, in one of its sub-directories) and every top-level entry matches
-    `entries` (glob patterns) or is such a sub-directory. Anything else may be a user's
-    data, which is never replaced.
+    with `nested`, in one of its sub-directories) and every entry is ours: a file matching
+    `entries` (glob patterns), a sub-directory named by `subdirs` whose own entries are all
+    ours by that kind, or, with `nested`, a sub-directory holding one output of this kind
+    (a marker and `entries` files only). Anything else may be a user's data, which is never
+    replaced; a sub-directory is looked into, not trusted by its name.
     """
 
     what: str  # for messages: "an LPS model", "an eval report"
     markers: tuple[str, ...]
     entries: tuple[str, ...]
     nested: bool = False  # sub-directories holding a marker are ours too (relate, per method)
+    subdirs: tuple[tuple[str, OutputKind], ...] = ()  # (glob pattern, what it holds)
 
     def _marked(self, directory: Path) -> bool:
         return any((directory / m).is_file() for m in self.markers)
 
     def _entry_is_ours(self, entry: Path) -> bool:
         name = entry.name
-        if name.startswith(".") and name.endswith(".tmp"):
+        if name.startswith(".") and name.endswith(".tmp") and not entry.is_dir():
             return True  # an atomic write's leftover from a killed run
-        if any(fnmatch.fnmatchcase(name, pat) for pat in self.entries):
-            return True
-        return self.nested and entry.is_dir() and self._marked(entry)
+        if entry.is_symlink():
+            return False  # followed, it could lead anywhere
+        if entry.is_dir():
+            for pattern, kind in self.subdirs:
+                if fnmatch.fnmatchcase(name, pattern):
+                    return kind.only_ours(entry)
+            flat = OutputKind(self.what, self.markers, self.entries)
+            return self.nested and self._marked(entry) and flat.only_ours(entry)
+        return any(fnmatch.fnmatchcase(name, pat) for pat in self.entries)
+
+    def only_ours(self, directory: Path) -> bool:
+        """Every entry of `directory` is one this kind writes (an empty one counts)."""
+        return all(self._entry_is_ours(e) for e in directory.iterdir())
+
+    def foreign(self, directory: Path) -> Path | None:
+        """The first entry under `directory`, looking into our sub-directories, that this
+        kind does not write; None when there is none (for messages)."""
+        for e in sorted(directory.iterdir()):
+            if self._entry_is_ours(e):
+                continue
+            if e.is_dir() and not e.is_symlink():
+                for pattern, kind in self.subdirs:
+                    if fnmatch.fnmatchcase(e.name, pattern):
+                        return kind.foreign(e) or e
+                if self.nested and self._marked(e):
+                    return OutputKind(self.what, self.markers, self.entries).foreign(e) or e
+            return e
+        return None
 
     def holds(self, directory: Path) -> bool:
         """True when `directory` looks like an earlier output of this kind."""
@@ -115,6 +143,7 @@ def check_output_dir(
         entries = sorted((kind._entry_is_ours(e), e.name) for e in p.iterdir())
         entries = [name for _, name in entries]
         ours = kind.holds(p)
+        stranger = None if ours else kind.foreign(p)
     except OSError as exc:
         raise ParamsimError(
             f"cannot read --out {p} ({exc.strerror}); choose another --out"
@@ -123,6 +152,8 @@ def check_output_dir(
         return "empty"
     if not ours:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        if stranger is not None and stranger.parent != p:
+            shown = f"{stranger.relative_to(p)}, which paramsim does not write"
         raise ParamsimError(
             f"--out {p} exists and is not {kind.what} written by paramsim (it holds {shown}); "
             "choose a new directory"

@@ -60,6 +60,16 @@ def test_relate_single_then_several_methods(tiny_zoo, tmp_path, capsys):
     assert _names(tmp_path) == ["rel"]
 
 
+def test_relate_keeps_a_users_file_inside_a_per_method_folder(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "rel"
+    base = ["relate", tiny_zoo, "-q", "--out", out, "--overwrite"]
+    assert run_cli(capsys, [*base, "--methods", "flat,gram1"])[0] == 0
+    (out / "flat" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, [*base, "--methods", "flat"])
+    assert_one_error(code, err, "flat/notes.txt, which paramsim does not write")
+    assert (out / "flat" / "notes.txt").read_text() == "mine"
+
+
 def test_transfer(tiny_zoo, tmp_path, capsys):
     args = ["transfer", tiny_zoo, "--methods", "flat", "--shots", "1", "--repeats", "1"]
     args += ["--finetune-steps", "1", "--targets", "0-1", "-q"]
@@ -119,3 +129,18 @@ def test_reproduce_continues_or_replaces_its_report(fake_reproduce, tmp_path, ca
     assert (out / "README.md").read_text() == "seed 2"
     assert json.loads((out / "reproduce.json").read_text())["seed"] == 2
     assert _names(tmp_path) == ["report"]
+
+
+def test_reproduce_keeps_a_users_file_inside_a_stage_folder(fake_reproduce, tmp_path, capsys):
+    out = tmp_path / "report"
+    base = ["reproduce", "--quick", "-q", "--out", out]
+    assert run_cli(capsys, base)[0] == 0
+    (out / "eval").mkdir()
+    (out / "eval" / "results.json").write_text("{}")
+    assert run_cli(capsys, [*base, "--overwrite"])[0] == 0  # a stage folder of ours goes
+    (out / "eval").mkdir()
+    (out / "eval" / "mynotes.txt").write_text("precious")
+    for extra in ([], ["--overwrite"]):  # neither continued nor replaced
+        code, _, err = run_cli(capsys, [*base, *extra])
+        assert_one_error(code, err, "eval/mynotes.txt")
+    assert (out / "eval" / "mynotes.txt").read_text() == "precious"

@@ -19,6 +19,7 @@ import torch
 
 from paramsim.atomic import OutputKind
 from paramsim.errors import ParamsimError
+from paramsim.zoo.store import ZOO_OUTPUT
 
 MAX_SEED = 2**32 - 1  # numpy's legacy bound; every generator paramsim uses accepts it
 MAX_THREADS = 4096
@@ -40,7 +41,14 @@ REPORT_MARKER = "reproduce.json"
 REPORT_OUTPUT = OutputKind(
     "a reproduce report",
     (REPORT_MARKER, "timings.json"),
-    (REPORT_MARKER, "timings.json", "README.md", "zoo", "eval", "relate", "transfer"),
+    (REPORT_MARKER, "timings.json", "README.md"),
+    # each stage's folder is looked into: a file of the user's in one is never removed
+    subdirs=(
+        ("zoo", ZOO_OUTPUT),
+        ("eval", EVAL_OUTPUT),
+        ("relate", RELATE_OUTPUT),
+        ("transfer", TRANSFER_OUTPUT),
+    ),
 )
 
 

@@ -62,7 +62,20 @@ CREATE TABLE IF NOT EXISTS models (
 # Where learned methods cache what they build from a zoo (LPS's auxiliary group-task zoo).
 AUXILIARY = "auxiliary"
 # What a zoo directory holds, so that `zoo build --out` recognises one and refuses the rest.
-ZOO_OUTPUT = OutputKind("a zoo", (REGISTRY,), (REGISTRY, f"{REGISTRY}-*", SHARDS, AUXILIARY))
+_SHARD_FILES = OutputKind("zoo shards", (), ("shard-*.safetensors",))
+_ZOO_FILES = (REGISTRY, f"{REGISTRY}-*")
+# an auxiliary zoo (`paramsim.lps.auxiliary`) is a zoo of its own, with its build lock beside it
+_AUX_ZOOS = OutputKind(
+    "auxiliary zoos",
+    (),
+    ("*.lock",),
+    subdirs=(
+        ("*", OutputKind("a zoo", (REGISTRY,), _ZOO_FILES, subdirs=((SHARDS, _SHARD_FILES),))),
+    ),
+)
+ZOO_OUTPUT = OutputKind(
+    "a zoo", (REGISTRY,), _ZOO_FILES, subdirs=((SHARDS, _SHARD_FILES), (AUXILIARY, _AUX_ZOOS))
+)
 MODEL_COLUMNS = (
     "id, task_id, output_classes, arch, settings, seed, retrains, train_acc, test_acc, shard, "
     "sha256, val_acc"
