@@ -306,3 +306,9 @@ def test_export_never_replaces_a_users_file(small_zoo, tmp_path, capsys):
     args = ["zoo", "export", str(small_zoo), "0", "--out", str(tmp_path / "photos.safetensors")]
     assert main([*args, "--overwrite"]) == 2
     assert (tmp_path / "photos.safetensors").read_bytes() == zipped
+    own = tmp_path / "own.pt"  # a real checkpoint of the user's, with no spec beside it
+    torch.save({"w": torch.zeros(3)}, own)
+    before = own.read_bytes()
+    assert main(["zoo", "export", str(small_zoo), "0", "--out", str(own), "--overwrite"]) == 2
+    assert "without own.pt.json" in capsys.readouterr().err
+    assert own.read_bytes() == before and not (tmp_path / "own.pt.json").exists()

@@ -173,6 +173,14 @@ def export(directory, model_id, out, overwrite):
     # an existing file is replaced only with --overwrite, and only when it looks like what
     # export writes: a user's other file of that name is never lost
     looks_right = _looks_like_safetensors if path.suffix == ".safetensors" else _looks_like_zip
+    # export writes the two together: one without the other is someone else's file
+    there = [q for q in (path, spec_path) if q.exists() or q.is_symlink()]
+    if len(there) == 1:
+        missing = spec_path if there[0] == path else path
+        raise ParamsimError(
+            f"--out: {there[0]} exists without {missing.name}, so it is not an earlier export "
+            "(which writes both); choose another file name"
+        )
     check_output_file(path, f"a {path.suffix} checkpoint", looks_right, overwrite)
     check_output_file(spec_path, "a model spec", b"{", overwrite)
     z = open_zoo(directory)
