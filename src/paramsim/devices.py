@@ -8,8 +8,9 @@ import torch
 from paramsim.errors import ParamsimError
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` ("cpu", "cuda", "cuda:N"; None is cpu) as a torch.device that exists here."""
+def parse_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` ("cpu", "cuda", "cuda:N"; None is cpu) as a torch.device, without asking
+    whether this machine has it (a Ray cluster's nodes may)."""
     name = "cpu" if device is None else str(device)
     try:
         dev = torch.device(name)
@@ -17,6 +18,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
         raise ParamsimError(f"unknown device {name!r}; use cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` ("cpu", "cuda", "cuda:N"; None is cpu) as a torch.device that exists here."""
+    dev = parse_device(device)
+    name = str(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ParamsimError(

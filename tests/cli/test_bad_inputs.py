@@ -90,6 +90,9 @@ FLAGS = [  # contradictory, unknown or missing
     (["fit", "{zoo}", "--out", "o", "--extra-zoo", "{zoo}", "--extra-zoo", "mine"], "not a zoo"),
     (["index", "build", "file.txt", "--model", "{model}", "--out", "o"], "not a zoo"),
     (["search", "nothing-here", "--index", "{index}"], "neither"),
+    (["zoo", "build", "digits-pairs", "--out", "o", "--device", "tpu"], "unknown device"),
+    (["zoo", "build", "digits-pairs", "--out", "o", "--device", "meta"], "unknown device"),
+    (["zoo", "build", "digits-pairs", "--out", "o", "--device", "cuda:99"], "cuda"),
 ]
 DAMAGED = {  # how bad/<case>/lps.json differs from a good one
     "list": [1, 2],
@@ -184,3 +187,17 @@ def test_bad_spec(workdir, tiny_zoo, capsys, spec):
 def test_damaged_lps_json(workdir, tiny_zoo, lps_model, index_dir, damaged, capsys, case, loader):
     args = _fill(loader, tiny_zoo, lps_model, index_dir, bad=str(damaged / case))
     _check(capsys, args, [workdir, Path(tiny_zoo), damaged, index_dir], ["lps.json"])
+
+
+def test_zoo_build_leaves_another_programs_registry_sqlite_alone(workdir, capsys):
+    import sqlite3
+
+    app = workdir / "app"
+    app.mkdir()
+    with sqlite3.connect(app / "registry.sqlite") as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+    before = (app / "registry.sqlite").read_bytes()
+    args = ["zoo", "build", "digits-pairs", "--out", str(app), "--models-per-task", "1"]
+    _check(capsys, [*args, "--tasks", "0-1"], [workdir], ["another program's database"])
+    assert (app / "registry.sqlite").read_bytes() == before
+    assert sorted(p.name for p in app.iterdir()) == ["registry.sqlite"]

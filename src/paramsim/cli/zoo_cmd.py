@@ -81,14 +81,14 @@ def build(
 
     A rerun into the same OUT resumes: shards whose checksum fails are trained again.
     """
+    from paramsim.devices import parse_device, resolve_device
     from paramsim.executors import make_executor
     from paramsim.zoo import build_zoo, load_recipe, open_zoo
     from paramsim.zoo.build import check_out
 
     set_threads(threads)
-    local_cuda = executor == "local" and device.startswith("cuda")  # Ray checks its nodes
-    if local_cuda and not torch.cuda.is_available():
-        raise ParamsimError(f"--device {device} asked for, but CUDA is not available; use cpu")
+    # Ray's nodes check CUDA themselves; the name is checked here either way
+    (resolve_device if executor == "local" else parse_device)(device)
     rec = load_recipe(recipe).with_overrides(
         models_per_task=models_per_task, tasks=tasks, shard_size=shard_size
     )

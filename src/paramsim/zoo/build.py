@@ -154,6 +154,8 @@ def check_out(out: Path) -> None:
     check_output_dir(out, ZOO_OUTPUT, overwrite=False, resume=True)
     if (out / SHARDS).exists() and not (out / SHARDS).is_dir():
         raise ParamsimError(f"{out / SHARDS} is not a directory; this zoo is damaged")
+    if (out / REGISTRY).is_file():
+        connect(out).close()  # refuses another program's database before any work
 
 
 @contextlib.contextmanager

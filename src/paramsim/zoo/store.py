@@ -161,11 +161,23 @@ class ModelRecord:
         return self.task.sides
 
 
+_TABLES = frozenset({"meta", "tasks", "shards", "models"})
+
+
 def connect(directory: Path) -> sqlite3.Connection:
-    """The registry for writing, its tables created if new."""
+    """The registry for writing, its tables created if new. An existing database is written
+    only when its tables are ours: another program's file of that name is left as it was."""
     path = directory / REGISTRY
     try:
         conn = sqlite3.connect(path)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and not (tables <= _TABLES and "meta" in tables):
+            conn.close()
+            shown = ", ".join(sorted(tables - _TABLES)[:3]) or "no meta table"
+            raise ParamsimError(
+                f"{path} is another program's database ({shown}), not a zoo registry; "
+                "use another --out"
+            )
         conn.executescript(SCHEMA)
     except sqlite3.DatabaseError as exc:
         raise ParamsimError(f"{path} is not a registry of ours ({exc}); use another --out") from exc
