@@ -27,3 +27,10 @@ def cosine_matrix(emb: np.ndarray, other: np.ndarray | None = None) -> np.ndarra
     a = unit_rows(np.asarray(emb, dtype=np.float64))
     b = a if other is None else unit_rows(np.asarray(other, dtype=np.float64))
     return a @ b.T
+
+
+def first_nonfinite_row(x: np.ndarray) -> int | None:
+    """Index of the first row of `x` holding a NaN or an infinity, or None: a result that
+    would rank as a silently wrong similarity."""
+    bad = ~np.isfinite(np.asarray(x).reshape(len(x), -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None

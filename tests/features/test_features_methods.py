@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -273,3 +275,29 @@ def test_gram1_of_a_cnn_pooled_after_its_first_conv_is_the_kernel_gram() -> None
         w = net.layers[0].weight.reshape(4, -1)
         np.testing.assert_allclose(row, _unit_triu(w.T @ w), rtol=1e-5, atol=1e-7)
     assert method.check(pooled + plain) is None
+
+
+def test_weights_too_large_for_float32_are_refused_not_scored(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from paramsim.use.compare import similarities
+
+    module = MLP.build().eval()
+    sd = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    save_file(sd, tmp_path / "a.safetensors")
+    big = {k: v.clone() for k, v in sd.items()}
+    first = next(iter(big))
+    big[first].view(-1)[0] = 1e20  # finite: the loader accepts it, a Gram overflows
+    save_file(big, tmp_path / "b.safetensors")
+    a, b = str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")
+    assert np.isfinite(similarities(a, a, ["chain", "gram1"], MLP)["chain"])
+    for method in ("chain", "gram1"):
+        with pytest.raises(ParamsimError, match=f"the {method} similarity .* is not finite"):
+            similarities(a, b, [method], MLP)
+    nets = _nets(MLP, 2)
+    huge = [
+        Network(tuple(replace(lay, weight=lay.weight * 1e30) for lay in n.layers), n.input_shape)
+        for n in nets
+    ]
+    with pytest.raises(ParamsimError, match="weight matching cannot align"):
+        get_method("match").similarity(huge, Context())

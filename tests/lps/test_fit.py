@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -72,6 +73,17 @@ def test_fit_records_history_and_embeds_unit_vectors(fitted):
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     labels = [t.name for t in tasks]
     assert retrieval_map(e, labels) > 0.5  # tasks are prototypes + noise: easy to tell apart
+
+
+def test_an_embedding_that_overflows_is_refused_not_returned(fitted):
+    model, nets, _, _ = fitted
+    scaled = [
+        replace(lay, weight=lay.weight * 1e15, bias=lay.bias * 1e15) for lay in nets[1].layers
+    ]
+    huge = replace(nets[1], layers=tuple(scaled))  # finite, but its chain overflows float32
+    assert np.isfinite(model.embed(nets[:2])).all()
+    with pytest.raises(ParamsimError, match="model 2 of the 2 given has no finite LPS embedding"):
+        model.embed([nets[0], huge])
 
 
 def test_same_seed_same_weights(fitted):

@@ -51,6 +51,11 @@ def _take(x: torch.Tensor, perm: torch.Tensor | None, dim: int) -> torch.Tensor:
 def _solve(cost: torch.Tensor) -> torch.Tensor:
     """Per pair, the permutation p maximising sum_i cost[i, p[i]]."""
     c = cost.numpy()
+    if not np.isfinite(c).all():
+        raise ParamsimError(
+            "weight matching cannot align these models: their weights overflow float32 "
+            "arithmetic (check or rescale the checkpoints)"
+        )
     out = np.empty(c.shape[:2], dtype=np.int64)
     for k in range(len(c)):
         out[k] = linear_sum_assignment(c[k], maximize=True)[1]

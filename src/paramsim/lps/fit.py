@@ -24,6 +24,7 @@ from paramsim.lps.losses import make_metric_loss, relation_loss
 from paramsim.lps.model import LPSNet
 from paramsim.lps.pool import TrainingPool, embed_pool, task_batches
 from paramsim.ranking import all_vs_all_map
+from paramsim.vectors import first_nonfinite_row
 from paramsim.weights import Network
 
 ProgressFn = Callable[[dict], None]
@@ -374,13 +375,19 @@ class LPS:
         `device` (cpu by default) computes them there; the model stays on the CPU."""
         net = self._need()
         dev = resolve_device(device)
-        if dev.type == "cpu":
-            return net.embed(networks)
         net.to(dev)
         try:
-            return net.embed(networks)
+            emb = net.embed(networks)
         finally:
             net.to("cpu")
+        bad = first_nonfinite_row(emb)
+        if bad is not None:  # finite weights so large that float32 arithmetic overflows
+            raise ParamsimError(
+                f"model {bad + 1} of the {len(networks)} given has no finite LPS embedding: "
+                f"its weights (largest |w| {networks[bad].largest_weight:.3g}) overflow float32 "
+                "arithmetic; check or rescale that checkpoint"
+            )
+        return emb
 
     # ---------------------------------------------------------------- save / load
     def save(self, directory: str | Path) -> Path:

@@ -4,6 +4,7 @@ tasks nearest to each."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +52,17 @@ def similarities(a: str, b: str, methods: Sequence[str], spec=None) -> dict[str,
         if not m.weights_only:
             raise ParamsimError(f"method {name} needs a dataset; compare runs weights-only methods")
     nets = [load(a, spec), load(b, spec)]
-    return {n: float(m.similarity(nets, Context())[0, 1]) + 0.0 for n, m in made.items()}
+    out = {n: float(m.similarity(nets, Context())[0, 1]) + 0.0 for n, m in made.items()}
+    for name, score in out.items():
+        if not math.isfinite(score):  # finite weights so large that float32 overflows
+            big = ", ".join(
+                f"{p} {n.largest_weight:.3g}" for p, n in zip((a, b), nets, strict=True)
+            )
+            raise ParamsimError(
+                f"the {name} similarity of the two checkpoints is not finite: their weights "
+                f"(largest |w|: {big}) overflow float32 arithmetic; check or rescale them"
+            )
+    return out
 
 
 def compare(a: str, b: str, method: str = "chain", spec=None) -> float:

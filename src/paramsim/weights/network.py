@@ -48,6 +48,11 @@ class Network:
     def kind(self) -> str:
         return "cnn" if any(layer.kind == "conv" for layer in self.layers) else "mlp"
 
+    @property
+    def largest_weight(self) -> float:
+        """The largest |value| of any weight or bias (for messages about overflow)."""
+        return max(float(t.abs().max()) for lay in self.layers for t in (lay.weight, lay.bias))
+
     def signature(self) -> tuple:
         """Everything but the values: networks with equal signatures can be stacked."""
         return (
