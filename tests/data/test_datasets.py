@@ -48,6 +48,30 @@ def test_idx_images_out_of_unit_range_and_bad_labels_are_refused(tmp_path):
         load_idx(tmp_path)
 
 
+def test_idx_without_examples_channels_last_or_absurd_labels_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    make_idx_dir(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((0, 5, 5), dtype=np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, dtype=np.uint8))
+    with pytest.raises(ParamsimError, match="the test files hold no examples"):
+        load_idx(tmp_path)
+    make_idx_dir(tmp_path)
+    colour = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)  # (N, H, W, C)
+    write_idx(tmp_path / "train-images-idx3-ubyte", colour)
+    with pytest.raises(ParamsimError, match=r"look like \(N, H, W, channels\)"):
+        load_idx(tmp_path)
+    write_idx(tmp_path / "train-images-idx3-ubyte", colour.transpose(0, 3, 1, 2).copy())
+    write_idx(
+        tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8)
+    )
+    assert load_idx(tmp_path).x_train.shape == (40, 3, 8, 8)  # (N, C, H, W) is read as is
+    labels = rng.integers(0, 4, 40).astype(np.int16)
+    labels[0] = 32767
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    with pytest.raises(ParamsimError, match="a label reads 32767"):
+        load_idx(tmp_path)
+
+
 def test_a_data_set_is_read_once_until_its_files_change(tmp_path):
     make_idx_dir(tmp_path)
     first = load_dataset("idx", tmp_path)

@@ -130,6 +130,9 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+MAX_CLASSES = 10_000  # a label beyond this is a damaged file, not a class
+
+
 def load_idx(directory: str | Path, name: str | None = None) -> Dataset:
     """An MNIST-format dataset: the four standard IDX files in one directory."""
     directory = Path(directory)
@@ -151,9 +154,21 @@ def load_idx(directory: str | Path, name: str | None = None) -> Dataset:
                 f"{directory}: {split} images {x.shape} and labels {y.shape} do not match; "
                 "expected images (N, H, W) and labels (N,)"
             )
+        if len(x) == 0:
+            raise ParamsimError(f"{directory}: the {split} files hold no examples")
+        if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            raise ParamsimError(
+                f"{directory}: {split} images {x.shape} look like (N, H, W, channels); "
+                "4-d IDX images are read as (N, channels, H, W): store them in that order"
+            )
     x_tr, x_te = (_to_unit(arrays[k], directory) for k in ("x_train", "x_test"))
     y_tr, y_te = (_class_labels(arrays[k], directory) for k in ("y_train", "y_test"))
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    if n_classes > MAX_CLASSES:
+        raise ParamsimError(
+            f"{directory}: a label reads {n_classes - 1}; classes must be numbered 0, 1, 2, ... "
+            f"(at most {MAX_CLASSES} of them)"
+        )
     return Dataset(name or directory.name, x_tr, y_tr, x_te, y_te, n_classes)
 
 
