@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from paramsim.cli import main
+from paramsim.errors import ParamsimError
 from paramsim.zoo import Zoo
-from synthetic_files import make_idx_dir
+from synthetic_files import make_idx_dir, write_idx
 
 
 def test_idx_pairs_recipe_builds_from_an_idx_directory(tmp_path):
@@ -20,6 +21,13 @@ def test_idx_pairs_recipe_builds_from_an_idx_directory(tmp_path):
     zoo = Zoo(out)
     assert len(zoo) == 4 and zoo.records[0].arch.input_shape == (1, 5, 5)
     assert zoo.dataset().name == "idx"
+    rng = np.random.default_rng(1)  # the data files replaced by images of another size
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(data / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 6, 6), np.uint8))
+    with pytest.raises(ParamsimError, match=r"now holds images of shape \(1, 6, 6\)"):
+        Zoo(out).dataset()
+    code = main(["transfer", str(out), "-m", "chain", "--shots", "1", "--out", str(tmp_path / "t")])
+    assert code == 2 and not (tmp_path / "t").exists()
 
 
 def test_cifar_recipe_trains_batchnorm_cnns_and_exports_them(tmp_path):

@@ -331,10 +331,20 @@ class Zoo:
         return len(self.records)
 
     def dataset(self, data_dir: str | Path | None = None) -> Dataset:
+        """The data set the zoo was trained on, read again from where it was (or `data_dir`);
+        images of another size than the models read are refused (files replaced since)."""
         name = self.meta.get("dataset")
         if not isinstance(name, str):
             raise self._damaged("meta value 'dataset'", ValueError(f"{name!r} is not a name"))
-        return load_dataset(name, data_dir or self.meta.get("data_dir"))
+        ds = load_dataset(name, data_dir or self.meta.get("data_dir"))
+        shapes = {tuple(r.arch.input_shape) for r in self.records}
+        if shapes and tuple(ds.input_shape) not in shapes:
+            raise ParamsimError(
+                f"the data set {name} now holds images of shape {tuple(ds.input_shape)}, but the "
+                f"models of {self.path} read {sorted(shapes)[0]}: its files were replaced since "
+                "the build; give the original data (--data-dir) or rebuild the zoo"
+            )
+        return ds
 
     @cached_property
     def _by_id(self) -> dict[int, ModelRecord]:
