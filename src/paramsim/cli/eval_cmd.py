@@ -131,10 +131,18 @@ def eval_command(
         split_options["n_classes_out"] = n_classes_out
     names = parse_method_names(methods)
     store = open_zoo(zoo)
-    extra = extra_from_zoo(extra_zoo) if extra_zoo else None
     made, unavailable = make_methods(names)
     if unavailable and strict:
         raise ParamsimError(next(iter(unavailable.values())))
+    if extra_zoo and not any(m.learned for m in made.values()):
+        raise ParamsimError(
+            "--extra-zoo trains learned methods, and none of --methods is learned; add lps or "
+            "drop --extra-zoo"
+        )
+    for e in extra_zoo:
+        if Path(e).resolve() == Path(zoo).resolve():
+            raise ParamsimError(f"--extra-zoo {e} is ZOO itself; give another zoo")
+    extra = extra_from_zoo(extra_zoo) if extra_zoo else None
     set_threads(threads)
     set_seed(seed)
 

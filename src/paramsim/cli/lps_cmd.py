@@ -123,6 +123,9 @@ def register(cli: click.Group) -> None:
         set_seed(seed)
         z = open_zoo(zoo)
         extras = [open_zoo(e) for e in extra_zoo]
+        for e in extra_zoo:
+            if Path(e).resolve() == Path(zoo).resolve():
+                raise ParamsimError(f"--extra-zoo {e} is ZOO itself; its models train already")
         cfg_kw, fit_config = variant_configs(
             method, seed=seed, val_fraction=val_fraction, epochs=epochs, loss=loss
         )
