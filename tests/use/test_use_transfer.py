@@ -116,8 +116,10 @@ def test_saved_model_trained_on_every_task_is_refused(use_zoo):
     sim = Similarity(
         "lps", get_method("gram1"), True, frozenset(t.name for t in use_zoo.tasks), "saved"
     )
+    said: list[str] = []
     with pytest.raises(ParamsimError, match="trained on every target task"):
-        evaluate_transfer(use_zoo, {"lps": sim}, TransferConfig(**QUICK))
+        evaluate_transfer(use_zoo, {"lps": sim}, TransferConfig(**QUICK), progress=said.append)
+    assert said == []  # refused before any probe was trained or source fine-tuned
 
 
 def test_saved_model_is_scored_on_unseen_tasks_only(use_zoo):

@@ -120,6 +120,13 @@ def evaluate_transfer(
     if len(zoo.tasks) < 2:
         raise ParamsimError("transfer needs a zoo with at least two tasks")
     _refuse_swapped_duplicates(zoo.tasks)
+    for sim in sims.values():  # before any training: a saved metric that saw every target
+        seen = sim.seen_tasks if sim.learned else None
+        if seen is not None and all(canonical_name(names[t]) in seen for t in targets):
+            raise ParamsimError(
+                f"{sim.name} trained on every target task ({sim.source}); fit it on a "
+                "subset of tasks or use --methods lps, which is fitted per fold"
+            )
     arch = majority_arch(zoo)
     tests = {}
     for t in targets:
@@ -440,12 +447,7 @@ def _similarity_views(
     rows = [
         j for j, inst in enumerate(instances) if canonical_name(names[inst.task_id]) not in seen
     ]
-    if not rows:
-        raise ParamsimError(
-            f"{sim.name} trained on every target task ({sim.source}); fit it on a "
-            "subset of tasks or use --methods lps, which is fitted per fold"
-        )
-    return [_view(sim.method, instances, rows, networks, cfg, embed)]
+    return [_view(sim.method, instances, rows, networks, cfg, embed)]  # rows: checked first
 
 
 def _history_scores(base, ft, candidates, instances, labels, names, fold) -> np.ndarray:
