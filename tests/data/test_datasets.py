@@ -200,6 +200,11 @@ def test_pair_tasks_and_relations():
         pair_tasks(10, "3-12")
     with pytest.raises(ParamsimError):
         Task.parse("3-3")
+    for text in ("3 vs 7", "3v7", "3-7"):  # the name paramsim prints reads back
+        assert Task.parse(text) == Task.parse("3-7")
+    assert (
+        Task.parse("1+2 vs 3") == Task.parse("1+2v3") and Task.parse("1+2 vs 3").name == "1+2 vs 3"
+    )
 
 
 def test_group_tasks_never_contain_plain_pairs_and_are_seeded():

@@ -234,10 +234,12 @@ def transfer_command(
     if not sims and not selectors:
         raise ParamsimError("give --model DIR (a saved LPS model) or --methods NAME[,NAME...]")
     names = None
-    if targets:
+    if targets is not None:
         from paramsim.data import Task
 
         names = tuple(Task.parse(t).name for t in targets.split(",") if t.strip())
+        if not names:
+            raise ParamsimError("--targets names no task; give e.g. 0-1,2-7 or leave it out")
     cfg = TransferConfig(
         shots=_ints(shots, "--shots"),
         repeats=repeats,

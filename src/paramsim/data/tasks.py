@@ -54,9 +54,11 @@ class Task:
 
     @classmethod
     def parse(cls, text: str) -> Task:
-        """'3-7' or '3v7' is a pair; '1+2v3' groups classes on one side."""
-        sep = "v" if "v" in text else "-"
-        parts = text.replace(" ", "").split(sep)
+        """'3-7', '3v7' or '3 vs 7' (the name paramsim prints) is a pair; '1+2v3' groups
+        classes on one side."""
+        squeezed = text.replace(" ", "").replace("vs", "v")
+        sep = "v" if "v" in squeezed else "-"
+        parts = squeezed.split(sep)
         try:
             sides = tuple(tuple(int(c) for c in p.split("+")) for p in parts)
         except ValueError:
