@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import click
 import pytest
 from cli_helpers import assert_one_error, run_cli
@@ -72,9 +74,12 @@ def test_eval_passes_every_extra_zoo_to_the_protocol(tiny_zoo, tmp_path, monkeyp
         raise SystemExit(0)
 
     monkeypatch.setattr(on_zoo, "evaluate_zoo", fake_evaluate_zoo)
-    args = ["eval", str(tiny_zoo), "--methods", "flat", "--out", str(tmp_path / "o"), "-q"]
+    copies = [tmp_path / "x1", tmp_path / "x2"]  # other zoos than ZOO (refused as extra)
+    for c in copies:
+        shutil.copytree(tiny_zoo, c)
+    args = ["eval", str(tiny_zoo), "--methods", "lps", "--out", str(tmp_path / "o"), "-q"]
     with pytest.raises(SystemExit):
-        main([*args, "--extra-zoo", str(tiny_zoo), "--extra-zoo", str(tiny_zoo)])
+        main([*args, "--extra-zoo", str(copies[0]), "--extra-zoo", str(copies[1])])
     n = len(paramsim.zoo.open_zoo(tiny_zoo).records)
     assert len(seen["extra"]) == 2 * n
 

@@ -106,8 +106,14 @@ def test_killed_build_resumes_to_the_same_zoo(tmp_path):
 
 def test_rebuilding_into_a_zoo_of_other_settings_is_refused(tiny_zoo):
     other = RECIPES["digits-pairs"].with_overrides(tasks="0-1", models_per_task=1)
-    with pytest.raises(ParamsimError, match="other settings"):
+    with pytest.raises(ParamsimError, match="other settings .*models_per_task") as err:
         build_zoo(other, tiny_zoo, progress=False)
+    assert "1 now" in str(err.value)  # which setting differs, and its two values
+    with pytest.raises(ParamsimError, match="seed 0 there, 5 now"):
+        same = RECIPES["digits-pairs"].with_overrides(
+            tasks="0-1,0-2,3-4", models_per_task=3, steps=(60, 80), shard_size=4
+        )  # tiny_zoo's own recipe
+        build_zoo(same, tiny_zoo, seed=5, progress=False)
 
 
 def test_recipe_toml_and_errors(tmp_path):

@@ -9,6 +9,7 @@ tensors can be checked against the claim before a module is built.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -200,6 +201,21 @@ class ArchSpec:
         if not isinstance(data, dict):
             raise ParamsimError(
                 f"architecture spec must be a JSON object, got {type(data).__name__}"
+            )
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(fields))
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [k for k in required if k not in data]
+        if unknown or missing:
+            raise ParamsimError(
+                "not an architecture spec: "
+                + (f"unknown fields {unknown}; " if unknown else "")
+                + (f"missing {missing}; " if missing else "")
+                + f"its fields are {fields}"
             )
         try:
             return cls(**data)

@@ -375,10 +375,18 @@ def _write_meta(conn, out: Path, meta: dict, tasks) -> None:
                 f"with --precision {built} or use another --out"
             )
         keys = ("recipe_settings", "dataset", "seed", "planned_models")
-        if any(existing.get(k) != meta[k] for k in keys):
+        differ = [k for k in keys if existing.get(k) != meta[k]]
+        if differ:
+            if differ[0] == "recipe_settings":  # name the recipe setting that differs
+                old, new = existing.get("recipe_settings"), meta["recipe_settings"]
+                old = old if isinstance(old, dict) else {}
+                names = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+                what = ", ".join(f"{k} {old.get(k)!r} there, {new.get(k)!r} now" for k in names[:2])
+            else:
+                what = f"{differ[0]} {existing.get(differ[0])!r} there, {meta[differ[0]]!r} now"
             raise ParamsimError(
-                f"{out} holds a zoo built with other settings (recipe {existing.get('recipe')!r}, "
-                f"seed {existing.get('seed')!r}); use another --out or delete it"
+                f"{out} holds a zoo built with other settings ({what}); resume it with its "
+                "own settings, or use another --out"
             )
         # equal settings can still draw other tasks (a recipe of drawn group tasks, read by
         # another paramsim version): resuming would file new models under the old task names
