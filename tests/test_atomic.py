@@ -47,6 +47,17 @@ def test_atomic_dir_writes_a_new_directory_with_the_usual_mode(tmp_path):
     assert oct((tmp_path / "out").stat().st_mode & 0o777) == oct(0o777 & ~atomic._umask())
 
 
+def test_an_empty_folder_of_the_users_keeps_its_mode(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir(mode=0o750)
+    os.chmod(out, 0o750)  # whatever the umask
+    kind = atomic.OutputKind("maps", ("result.json",), ("result.json",))
+    with atomic.atomic_dir(out, kind) as tmp:
+        tmp.mkdir()
+        (tmp / "result.json").write_text("{}")
+    assert (out / "result.json").exists() and (out.stat().st_mode & 0o777) == 0o750
+
+
 def test_atomic_dir_refuses_a_users_directory_even_with_overwrite(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

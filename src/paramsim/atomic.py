@@ -9,6 +9,7 @@ import fnmatch
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -277,7 +278,8 @@ def _swap_in(target: Path, kind: OutputKind, overwrite: bool, work: Path) -> Ite
         new.mkdir(exist_ok=True)
         os.chmod(new, 0o777 & ~_umask())  # the usual mode, not mkdtemp's 0700
         state = check_output_dir(target, kind, overwrite)  # again: it may have changed
-        if state == "empty":
+        if state == "empty":  # the user's empty folder: ours takes its place and its mode
+            os.chmod(new, stat.S_IMODE(os.stat(target).st_mode))
             os.rmdir(target)  # fails, keeping it, if something appeared inside meanwhile
         elif state == "ours":
             os.replace(target, work / ".replaced")
