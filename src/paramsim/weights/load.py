@@ -47,6 +47,13 @@ _MAX_WRAPPING = 4
 _SPEC_METADATA = ("arch", "spec")
 
 
+# where an architecture comes from when a checkpoint does not carry one
+SPEC_HINT = (
+    "spec=ArchSpec(...) in Python, `compare --spec JSON`, or a .safetensors file with the "
+    "`arch` metadata `zoo export` writes"
+)
+
+
 def load(
     source: str | Path | Mapping[str, Any] | nn.Module | Network,
     spec: ArchSpec | None = None,
@@ -133,7 +140,7 @@ def _spec_from_metadata(path: Path, meta: Mapping[str, str]) -> ArchSpec | None:
         except ParamsimError as exc:
             raise ParamsimError(
                 f"{path}: its {key!r} metadata is not a usable architecture ({exc}); pass the "
-                "architecture yourself (spec=ArchSpec(...), CLI: --spec JSON)"
+                f"architecture yourself ({SPEC_HINT})"
             ) from exc
     return None
 
@@ -295,7 +302,7 @@ def _chain(sd: Mapping[str, torch.Tensor]) -> list[tuple[str, bool, dict[str, to
             f"the state_dict has keys outside its layer chain ({layer_pattern or '<root>'}."
             f"weight, ...): {show_keys(unknown)}; without an architecture they cannot be "
             "placed, so the checkpoint was refused; remove them, or pass the architecture "
-            "(spec=ArchSpec(...), CLI: --spec JSON)"
+            f"({SPEC_HINT})"
         )
     if len(layers) > MAX_DEPTH:
         raise ParamsimError(f"the state_dict has {len(layers)} layers; the limit is {MAX_DEPTH}")
@@ -365,7 +372,7 @@ def _infer_mlp(
     if has_conv:
         raise ParamsimError(
             "this state_dict holds convolutions; padding and pooling are not stored in a "
-            "state_dict, so pass its architecture (spec=ArchSpec(...), CLI: --spec JSON)"
+            f"state_dict, so pass its architecture ({SPEC_HINT})"
         )
     layers = [
         Layer(lay.kind, lay.weight, lay.bias, 0, ("relu",) if i < len(layers) - 1 else ())
