@@ -167,12 +167,13 @@ def export(directory, model_id, out, overwrite):
     from paramsim.zoo import open_zoo
 
     path = Path(out)
-    if path.suffix not in (".safetensors", ".pt", ".pth"):
+    suffix = path.suffix.lower()  # as `compare` reads them: A.SAFETENSORS is safetensors
+    if suffix not in (".safetensors", ".pt", ".pth"):
         raise ParamsimError(f"cannot tell the format of {out}; end it in .safetensors or .pt")
     spec_path = path.with_name(path.name + ".json")
     # an existing file is replaced only with --overwrite, and only when it looks like what
     # export writes: a user's other file of that name is never lost
-    looks_right = _looks_like_safetensors if path.suffix == ".safetensors" else _looks_like_zip
+    looks_right = _looks_like_safetensors if suffix == ".safetensors" else _looks_like_zip
     # export writes the two together: one without the other is someone else's file
     there = [q for q in (path, spec_path) if q.exists() or q.is_symlink()]
     if len(there) == 1:
@@ -181,7 +182,7 @@ def export(directory, model_id, out, overwrite):
             f"--out: {there[0]} exists without {missing.name}, so it is not an earlier export "
             "(which writes both); choose another file name"
         )
-    check_output_file(path, f"a {path.suffix} checkpoint", looks_right, overwrite)
+    check_output_file(path, f"a {suffix} checkpoint", looks_right, overwrite)
     check_output_file(spec_path, "a model spec", b"{", overwrite)
     z = open_zoo(directory)
     rec = z.record(model_id)
@@ -197,7 +198,7 @@ def export(directory, model_id, out, overwrite):
         # Both files are written in full before either is renamed into place; a failure
         # anywhere leaves neither new file behind (and any old ones as they were).
         with atomic_path(path) as tmp, atomic_path(spec_path) as spec_tmp:
-            if path.suffix == ".safetensors":
+            if suffix == ".safetensors":
                 from safetensors.torch import save_file
 
                 save_file(sd, tmp, metadata={"arch": rec.arch.to_json(), "task": rec.task.name})
