@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -185,6 +186,12 @@ def test_safetensors_metadata_supplies_the_spec(tmp_path: Path) -> None:
     module = _randomise_bn(CNN_POOL.build())
     save_file(module.state_dict(), str(tmp_path / "c.safetensors"), {"arch": CNN_POOL.to_json()})
     _assert_same_function(load(tmp_path / "c.safetensors"), module, CNN_POOL.input_shape)
+    _assert_same_function(  # the same spec given again agrees with the stored one
+        load(tmp_path / "c.safetensors", CNN_POOL), module, CNN_POOL.input_shape
+    )
+    other = ArchSpec.from_json({**json.loads(CNN_POOL.to_json()), "pool_after": []})
+    with pytest.raises(ParamsimError, match="stores its architecture .* drop the spec"):
+        load(tmp_path / "c.safetensors", other)  # never silently read under another one
 
 
 class _Payload:

@@ -74,8 +74,15 @@ def load(
     if isinstance(source, (str, Path)):
         path = Path(source)
         sd, metadata = _read_file(path)
+        stored = _spec_from_metadata(path, metadata)
+        if spec is not None and stored is not None and spec != stored:
+            raise ParamsimError(
+                f"{path} stores its architecture ({stored.label} on {stored.input_shape}), and "
+                f"the spec given says {spec.label} on {spec.input_shape}; drop the spec (--spec) "
+                "to use the stored one"
+            )
         try:
-            return from_state_dict(sd, spec or _spec_from_metadata(path, metadata), input_shape)
+            return from_state_dict(sd, spec or stored, input_shape)
         except ParamsimError as exc:  # name the file: a directory may hold thousands
             if str(path) in str(exc):
                 raise
