@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +96,14 @@ def _file_item(path: Path) -> Item:
 
 def _walk(root: Path) -> list[Item]:
     """Zoos and checkpoint files under `root`, in sorted path order; a zoo is not entered,
-    hidden names (temporary files of atomic writes) and symlinked directories are skipped."""
+    hidden names (temporary files of atomic writes) are skipped, and so are symlinked
+    directories other than zoos, with a note on stderr."""
     found: list[tuple[tuple[str, ...], list[Item]]] = []  # (path below root, its models)
+    links: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         zoos = [d for d in dirnames if not d.startswith(".") and _is_zoo(here / d)]
+        links += [here / d for d in dirnames if d not in zoos and (here / d).is_symlink()]
         for d in zoos:
             found.append(((here / d).relative_to(root).parts, _zoo_items(here / d)))
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in zoos]
@@ -110,6 +114,13 @@ def _walk(root: Path) -> list[Item]:
     # os.walk gives a directory's files before its subdirectories' (c.pt before a/x.pt):
     # sort the whole list, component by component, so the order is the documented one
     found.sort(key=lambda entry: entry[0])
+    if links:  # said, not silently dropped: a link may lead anywhere, even back up the tree
+        shown = ", ".join(str(p) for p in links[:3]) + (", ..." if len(links) > 3 else "")
+        print(
+            f"note: {len(links)} symbolic link(s) to folders under {root} not followed ({shown});"
+            " name them directly to include them",
+            file=sys.stderr,
+        )
     return [it for _, items in found for it in items]
 
 

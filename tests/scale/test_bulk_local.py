@@ -124,6 +124,19 @@ def test_directory_tree_of_zoos_and_files(tiny_zoo, lps_dir, tmp_path):
         collect_items([str(tmp_path / "empty")])
 
 
+def test_a_linked_folder_is_not_followed_without_a_word(tiny_zoo, tmp_path, capsys):
+    tree = tmp_path / "tree"
+    (tree / "real").mkdir(parents=True)
+    assert main(["zoo", "export", str(tiny_zoo), "1", "--out", str(tree / "real" / "m.pt")]) == 0
+    capsys.readouterr()
+    (tree / "link").symlink_to(tree / "real")  # could as well lead back up the tree
+    (tree / "zoo").symlink_to(tiny_zoo)  # a linked zoo is read, as a zoo named directly
+    items = collect_items([str(tree)])
+    assert len(items) == 1 + len(Zoo(tiny_zoo))
+    err = capsys.readouterr().err
+    assert "1 symbolic link(s)" in err and "link" in err and "zoo)" not in err
+
+
 def test_parts_resume_and_each_model_embedded_once(tiny_zoo, lps_dir, tmp_path):
     items = collect_items([str(tiny_zoo)])
     lps = LPS.load(lps_dir)
