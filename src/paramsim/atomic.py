@@ -74,6 +74,9 @@ class OutputKind:
     entries: tuple[str, ...]
     nested: bool = False  # sub-directories holding a marker are ours too (relate, per method)
     subdirs: tuple[tuple[str, OutputKind], ...] = ()  # (glob pattern, what it holds)
+    # names taken as ours without looking inside: only for a check before a run that adds
+    # to the output and never deletes from it (a zoo build resuming)
+    opaque: tuple[str, ...] = ()
 
     def _marked(self, directory: Path) -> bool:
         return any((directory / m).is_file() for m in self.markers)
@@ -84,6 +87,8 @@ class OutputKind:
             return True  # an atomic write's leftover from a killed run
         if entry.is_symlink():
             return False  # followed, it could lead anywhere
+        if any(fnmatch.fnmatchcase(name, pat) for pat in self.opaque):
+            return True
         if entry.is_dir():
             for pattern, kind in self.subdirs:
                 if fnmatch.fnmatchcase(name, pattern):

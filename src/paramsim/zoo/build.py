@@ -36,7 +36,7 @@ from paramsim.zoo.store import (
     MODEL_COLUMNS,
     REGISTRY,
     SHARDS,
-    ZOO_OUTPUT,
+    ZOO_TO_RESUME,
     atomic_save_tensors,
     connect,
     file_sha256,
@@ -151,7 +151,7 @@ def check_out(out: Path) -> None:
 
     A build never writes into (or deletes from) a folder of the user's files.
     """
-    check_output_dir(out, ZOO_OUTPUT, overwrite=False, resume=True)
+    check_output_dir(out, ZOO_TO_RESUME, overwrite=False, resume=True)
     if (out / SHARDS).exists() and not (out / SHARDS).is_dir():
         raise ParamsimError(f"{out / SHARDS} is not a directory; this zoo is damaged")
     if (out / REGISTRY).is_file():

@@ -76,6 +76,9 @@ _AUX_ZOOS = OutputKind(
 ZOO_OUTPUT = OutputKind(
     "a zoo", (REGISTRY,), _ZOO_FILES, subdirs=((SHARDS, _SHARD_FILES), (AUXILIARY, _AUX_ZOOS))
 )
+# what `zoo build` may resume: it only adds shard files, so a file of the user's inside
+# shards/ stays where it is (a command that would delete a zoo checks ZOO_OUTPUT)
+ZOO_TO_RESUME = OutputKind("a zoo", (REGISTRY,), _ZOO_FILES, opaque=(SHARDS, AUXILIARY))
 MODEL_COLUMNS = (
     "id, task_id, output_classes, arch, settings, seed, retrains, train_acc, test_acc, shard, "
     "sha256, val_acc"
