@@ -47,15 +47,17 @@ def test_atomic_dir_writes_a_new_directory_with_the_usual_mode(tmp_path):
     assert oct((tmp_path / "out").stat().st_mode & 0o777) == oct(0o777 & ~atomic._umask())
 
 
-def test_an_empty_folder_of_the_users_keeps_its_mode(tmp_path):
+@pytest.mark.parametrize("mode", [0o750, 0o555])  # 555: no write permission to move it
+def test_an_empty_folder_of_the_users_keeps_its_mode(tmp_path, mode):
     out = tmp_path / "out"
-    out.mkdir(mode=0o750)
-    os.chmod(out, 0o750)  # whatever the umask
+    out.mkdir()
+    os.chmod(out, mode)  # whatever the umask
     kind = atomic.OutputKind("maps", ("result.json",), ("result.json",))
     with atomic.atomic_dir(out, kind) as tmp:
         tmp.mkdir()
         (tmp / "result.json").write_text("{}")
-    assert (out / "result.json").exists() and (out.stat().st_mode & 0o777) == 0o750
+    assert (out / "result.json").exists() and (out.stat().st_mode & 0o777) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_atomic_dir_refuses_a_users_directory_even_with_overwrite(tmp_path):
@@ -164,6 +166,37 @@ def test_a_users_file_inside_a_nested_output_makes_it_not_ours(tmp_path):
     with pytest.raises(ParamsimError, match="chain/photos"):
         atomic.check_output_dir(out, kind, overwrite=True)
     assert (out / "chain" / "photos" / "a.jpg").read_text() == "mine"
+
+
+def test_a_per_method_folder_a_killed_run_left_unmarked_is_ours(tmp_path):
+    kind = atomic.OutputKind("maps", ("result.json",), ("result.json", "*.png"), nested=True)
+    out = tmp_path / "out"
+    (out / "chain").mkdir(parents=True)
+    (out / "chain" / "result.json").write_text("{}")
+    (out / "gram1").mkdir()
+    (out / "gram1" / ".result.json.x1y2z3.tmp").write_text("half")  # killed mid-write
+    assert atomic.check_output_dir(out, kind, overwrite=True) == "ours"
+    (out / "gram1" / "mine.txt").write_text("mine")
+    with pytest.raises(ParamsimError, match="gram1/mine.txt"):
+        atomic.check_output_dir(out, kind, overwrite=True)
+
+
+def test_an_opaque_folder_may_be_a_link_for_a_run_that_only_adds(tmp_path):
+    store = tmp_path / "bigdisk"
+    store.mkdir()
+    out = tmp_path / "zoo"
+    out.mkdir()
+    (out / "registry.sqlite").write_text("")
+    (out / "shards").symlink_to(store)
+    resumable = atomic.OutputKind(
+        "a zoo", ("registry.sqlite",), ("registry.sqlite",), opaque=("shards",)
+    )
+    assert atomic.check_output_dir(out, resumable, overwrite=False, resume=True) == "ours"
+    strict = atomic.OutputKind(
+        "a zoo", ("registry.sqlite",), ("registry.sqlite",), subdirs=(("shards", resumable),)
+    )
+    with pytest.raises(ParamsimError, match="not a zoo"):  # what would delete never follows it
+        atomic.check_output_dir(out, strict, overwrite=True)
 
 
 def test_named_subdirectories_are_looked_into_and_the_message_names_the_users_file(tmp_path):

@@ -85,16 +85,19 @@ class OutputKind:
         name = entry.name
         if name.startswith(".") and name.endswith(".tmp") and not entry.is_dir():
             return True  # an atomic write's leftover from a killed run
+        if any(fnmatch.fnmatchcase(name, pat) for pat in self.opaque):
+            return True  # a resume adds to it, link or not (shards/ linked to a bigger disk)
         if entry.is_symlink():
             return False  # followed, it could lead anywhere
-        if any(fnmatch.fnmatchcase(name, pat) for pat in self.opaque):
-            return True
         if entry.is_dir():
             for pattern, kind in self.subdirs:
                 if fnmatch.fnmatchcase(name, pattern):
                     return kind.only_ours(entry)
+            # a per-method folder: its files only; unmarked while a killed run was writing
+            # it, but never empty (an empty folder of the user's is not ours to remove)
             flat = OutputKind(self.what, self.markers, self.entries)
-            return self.nested and self._marked(entry) and flat.only_ours(entry)
+            marked = self._marked(entry) or any(entry.iterdir())
+            return self.nested and marked and flat.only_ours(entry)
         return any(fnmatch.fnmatchcase(name, pat) for pat in self.entries)
 
     def only_ours(self, directory: Path) -> bool:
@@ -111,7 +114,7 @@ class OutputKind:
                 for pattern, kind in self.subdirs:
                     if fnmatch.fnmatchcase(e.name, pattern):
                         return kind.foreign(e) or e
-                if self.nested and self._marked(e):
+                if self.nested and any(e.iterdir()):
                     return OutputKind(self.what, self.markers, self.entries).foreign(e) or e
             return e
         return None
@@ -283,8 +286,9 @@ def _swap_in(target: Path, kind: OutputKind, overwrite: bool, work: Path) -> Ite
         new.mkdir(exist_ok=True)
         os.chmod(new, 0o777 & ~_umask())  # the usual mode, not mkdtemp's 0700
         state = check_output_dir(target, kind, overwrite)  # again: it may have changed
+        mode = None
         if state == "empty":  # the user's empty folder: ours takes its place and its mode
-            os.chmod(new, stat.S_IMODE(os.stat(target).st_mode))
+            mode = stat.S_IMODE(os.stat(target).st_mode)
             os.rmdir(target)  # fails, keeping it, if something appeared inside meanwhile
         elif state == "ours":
             os.replace(target, work / ".replaced")
@@ -294,6 +298,8 @@ def _swap_in(target: Path, kind: OutputKind, overwrite: bool, work: Path) -> Ite
             if state == "ours":
                 os.replace(work / ".replaced", target)
             raise
+        if mode is not None:  # after the rename: a folder without write permission cannot move
+            os.chmod(target, mode)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # made above: holds only what we wrote
 

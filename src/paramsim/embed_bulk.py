@@ -103,7 +103,11 @@ def _walk(root: Path) -> list[Item]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         zoos = [d for d in dirnames if not d.startswith(".") and _is_zoo(here / d)]
-        links += [here / d for d in dirnames if d not in zoos and (here / d).is_symlink()]
+        links += [
+            here / d
+            for d in dirnames
+            if d not in zoos and not d.startswith(".") and (here / d).is_symlink()
+        ]
         for d in zoos:
             found.append(((here / d).relative_to(root).parts, _zoo_items(here / d)))
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in zoos]

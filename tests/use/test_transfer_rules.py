@@ -104,6 +104,11 @@ def test_a_rule_without_information_scores_like_a_random_pick_under_both_rules()
     S2 = np.array([[0.2, 1.0, 1.0, 0.2, 0.1, 0.1, 0.0]])
     res2 = score_rule(_instances(1), S2, ft, val, labels, ["t0", "t1", "t2", "t3"], cfg)["1"]
     assert res2["rules"]["task"]["chosen"]["mean"] == pytest.approx(0.75)
+    # tied means, unequal spreads: a tied task at random, then its top model(s), not the
+    # top model of the union (which would favour the task whose scores spread widest)
+    S3 = np.array([[1.0, 0.0, 0.5, 0.5, 0.2, 0.2, 0.0]])
+    res3 = score_rule(_instances(1), S3, ft, val, labels, ["t0", "t1", "t2", "t3"], cfg)["1"]
+    assert res3["rules"]["task"]["chosen"]["mean"] == pytest.approx((0.6 + (0.7 + 0.9) / 2) / 2)
 
 
 def test_a_draw_whose_candidates_all_fine_tune_alike_is_left_out_of_the_ranking():

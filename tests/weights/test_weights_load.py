@@ -192,6 +192,11 @@ def test_safetensors_metadata_supplies_the_spec(tmp_path: Path) -> None:
     other = ArchSpec.from_json({**json.loads(CNN_POOL.to_json()), "pool_after": []})
     with pytest.raises(ParamsimError, match="stores its architecture .* drop the spec"):
         load(tmp_path / "c.safetensors", other)  # never silently read under another one
+    bad = tmp_path / "bad.safetensors"  # unusable metadata: refused alone, a spec gets past it
+    save_file(module.state_dict(), str(bad), {"arch": '{"kind": "cnn", "bogus": 1}'})
+    with pytest.raises(ParamsimError, match="not a usable architecture"):
+        load(bad)
+    _assert_same_function(load(bad, CNN_POOL), module, CNN_POOL.input_shape)
 
 
 class _Payload:

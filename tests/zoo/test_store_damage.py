@@ -312,3 +312,13 @@ def test_export_never_replaces_a_users_file(small_zoo, tmp_path, capsys):
     assert main(["zoo", "export", str(small_zoo), "0", "--out", str(own), "--overwrite"]) == 2
     assert "without own.pt.json" in capsys.readouterr().err
     assert own.read_bytes() == before and not (tmp_path / "own.pt.json").exists()
+
+
+def test_a_registry_with_sqlite_statistics_still_resumes(zoo_copy):
+    import sqlite3
+
+    with sqlite3.connect(zoo_copy / "registry.sqlite") as conn:
+        conn.execute("ANALYZE")  # adds sqlite's own sqlite_stat1 table
+    before = _shard_digests(zoo_copy)
+    assert build_zoo(RECIPE, zoo_copy, progress=False) == zoo_copy
+    assert _shard_digests(zoo_copy) == before

@@ -135,9 +135,10 @@ def eval_command(
     if unavailable and strict:
         raise ParamsimError(next(iter(unavailable.values())))
     if extra_zoo and not any(m.learned for m in made.values()):
+        missing = f" ({', '.join(unavailable)} cannot run here)" if unavailable else ""
         raise ParamsimError(
-            "--extra-zoo trains learned methods, and none of --methods is learned; add lps or "
-            "drop --extra-zoo"
+            f"--extra-zoo trains learned methods, and none of the methods that run is "
+            f"learned{missing}; add lps or drop --extra-zoo"
         )
     for e in extra_zoo:
         if Path(e).resolve() == Path(zoo).resolve():

@@ -92,6 +92,11 @@ def build(
     rec = load_recipe(recipe).with_overrides(
         models_per_task=models_per_task, tasks=tasks, shard_size=shard_size
     )
+    if rec.dataset == "digits" and data_dir is not None:  # it would be recorded, never read
+        raise ParamsimError(
+            "the digits data set ships with scikit-learn and reads no files; drop --data-dir "
+            "(it is for the idx, fashion-mnist and cifar recipes)"
+        )
     check_out(Path(out))  # before Ray starts: the cheapest refusal first
     start = time.perf_counter()
     with make_executor(executor, address, device=device, threads=threads) as ex:

@@ -292,11 +292,6 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     costs 220 MB. Callers share the tensors, so they must not modify them in place.
     """
     directory = data_dir
-    if name == "digits" and data_dir is not None:
-        raise ParamsimError(
-            "the digits data set ships with scikit-learn and reads no files; drop --data-dir "
-            "(it is for the idx, fashion-mnist and cifar recipes)"
-        )
     if name == "fashion-mnist" and data_dir is None:  # where Debian's package puts it
         directory = FASHION_MNIST_DIR
         if not all(_find(directory, s) for s in IDX_FILES.values()):

@@ -74,7 +74,12 @@ def load(
     if isinstance(source, (str, Path)):
         path = Path(source)
         sd, metadata = _read_file(path)
-        stored = _spec_from_metadata(path, metadata)
+        try:
+            stored = _spec_from_metadata(path, metadata)
+        except ParamsimError:
+            if spec is None:
+                raise
+            stored = None  # unusable metadata: the spec given is what it asks for
         if spec is not None and stored is not None and spec != stored:
             raise ParamsimError(
                 f"{path} stores its architecture ({stored.label} on {stored.input_shape}), and "

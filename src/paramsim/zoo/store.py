@@ -174,6 +174,7 @@ def connect(directory: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {t for t in tables if not t.startswith("sqlite_")}  # sqlite's own (ANALYZE)
         if tables and not (tables <= _TABLES and "meta" in tables):
             conn.close()
             shown = ", ".join(sorted(tables - _TABLES)[:3]) or "no meta table"
@@ -340,7 +341,12 @@ class Zoo:
         if not isinstance(name, str):
             raise self._damaged("meta value 'dataset'", ValueError(f"{name!r} is not a name"))
         ds = load_dataset(name, data_dir or self.meta.get("data_dir"))
-        shapes = {tuple(r.arch.input_shape) for r in self.records}
+        shapes = set()  # from the distinct architectures: a million rows need not be parsed
+        for (text,) in self._query("SELECT DISTINCT arch FROM models"):
+            try:
+                shapes.add(tuple(parse_arch(text).input_shape))
+            except (TypeError, ValueError, ParamsimError) as exc:
+                raise self._damaged("an arch row", exc) from None
         if shapes and tuple(ds.input_shape) not in shapes:
             raise ParamsimError(
                 f"the data set {name} now holds images of shape {tuple(ds.input_shape)}, but the "

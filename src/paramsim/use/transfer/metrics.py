@@ -44,13 +44,14 @@ def top_candidates(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 def top_task_candidates(
     scores: np.ndarray, labels: np.ndarray, candidates: np.ndarray, top: int = 0
-) -> np.ndarray:
-    """The "task" rule's picks: the top-scored candidates of the tasks that share the highest
-    mean score (`selection.task_scores`)."""
+) -> list[np.ndarray]:
+    """The "task" rule's picks, one array per task tied at the highest mean score
+    (`selection.task_scores`): that task's top-scored candidates. A random pick is one of
+    those tasks, then one of its top candidates."""
     per_task = task_scores(scores, labels, candidates, top)
     best = max(per_task.values())
     tied = [t for t, v in per_task.items() if v == best]
-    return top_candidates(scores, candidates & np.isin(labels, tied))
+    return [top_candidates(scores, candidates & (labels == t)) for t in tied]
 
 
 def validation_pick(ft: np.ndarray, val: np.ndarray) -> np.ndarray:
@@ -126,8 +127,8 @@ def score_rule(
         chosen["model"][j] = float(np.mean(ft[j, top]))
         chosen_id["model"][j] = int(top[0])
         picks = top_task_candidates(s, labels, ok, cfg.select_top)
-        chosen_id["task"][j] = int(picks[0])
-        chosen["task"][j] = float(np.mean(ft[j, picks]))
+        chosen_id["task"][j] = int(picks[0][0])
+        chosen["task"][j] = float(np.mean([np.mean(ft[j, p]) for p in picks]))
         cand = np.flatnonzero(ok)
         if np.ptp(ft[j, cand]) == 0:
             continue  # every candidate fine-tunes alike: nothing to rank, for any rule

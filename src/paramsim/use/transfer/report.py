@@ -222,9 +222,15 @@ def write_transfer(
     return written
 
 
+# raised when the metrics of a stored transfer.json change, so a resumed report rescores
+# (2: task-rule ties averaged, constant scores rank as 0; session 23)
+METRICS_VERSION = 2
+
+
 def transfer_key(zoo, methods: Sequence[str], config: TransferConfig) -> str:
     return settings_key(
         {
+            "metrics": METRICS_VERSION,
             "zoo": str(Path(zoo.path).resolve()),
             "n": len(zoo),
             "methods": list(methods),
