@@ -90,15 +90,20 @@ class OutputKind:
         if entry.is_symlink():
             return False  # followed, it could lead anywhere
         if entry.is_dir():
-            for pattern, kind in self.subdirs:
-                if fnmatch.fnmatchcase(name, pattern):
-                    return kind.only_ours(entry)
-            # a per-method folder: its files only; unmarked while a killed run was writing
-            # it, but never empty (an empty folder of the user's is not ours to remove)
-            flat = OutputKind(self.what, self.markers, self.entries)
-            marked = self._marked(entry) or any(entry.iterdir())
-            return self.nested and marked and flat.only_ours(entry)
+            inner = self._inside(entry)
+            return inner is not None and inner.only_ours(entry)
         return any(fnmatch.fnmatchcase(name, pat) for pat in self.entries)
+
+    def _inside(self, directory: Path) -> OutputKind | None:
+        """What a sub-directory of ours holds, by its name (`subdirs`), or with `nested` one
+        output of this kind (unmarked while a killed run was writing it, but never empty:
+        an empty folder of the user's is not ours to remove); None when it is not ours."""
+        for pattern, kind in self.subdirs:
+            if fnmatch.fnmatchcase(directory.name, pattern):
+                return kind
+        if self.nested and any(directory.iterdir()):
+            return OutputKind(self.what, self.markers, self.entries)
+        return None
 
     def only_ours(self, directory: Path) -> bool:
         """Every entry of `directory` is one this kind writes (an empty one counts)."""
@@ -110,13 +115,8 @@ class OutputKind:
         for e in sorted(directory.iterdir()):
             if self._entry_is_ours(e):
                 continue
-            if e.is_dir() and not e.is_symlink():
-                for pattern, kind in self.subdirs:
-                    if fnmatch.fnmatchcase(e.name, pattern):
-                        return kind.foreign(e) or e
-                if self.nested and any(e.iterdir()):
-                    return OutputKind(self.what, self.markers, self.entries).foreign(e) or e
-            return e
+            inner = self._inside(e) if e.is_dir() and not e.is_symlink() else None
+            return (inner.foreign(e) if inner else None) or e
         return None
 
     def holds(self, directory: Path) -> bool:
